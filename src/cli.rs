@@ -1,0 +1,286 @@
+//! The command line: flags, and the `status` client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::RunOverrides;
+
+/// How long `status` waits for a node.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// micro-tomcat: a clustered HTTP application server.
+#[derive(Debug, Parser)]
+#[command(name = "micro-tomcat", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Run(RunArgs),
+    /// Ask a node how the cluster is doing.
+    Status(StatusArgs),
+    /// Validate a config file and print its nodes; exit 0 when valid, 1 when not.
+    CheckConfig {
+        /// The cluster-config.xml to check.
+        file: PathBuf,
+    },
+}
+
+/// Flags of `run`; they override the config file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The cluster config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's name (a `<node>` of the file, or a new one with --http and --cluster).
+    #[arg(long)]
+    pub name: String,
+    /// HTTP listen address, IP:PORT.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Gossip (UDP) and peer RPC (TCP) address, IP:PORT.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// A running member's cluster address to join through; repeat or separate with commas.
+    #[arg(long = "seed", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Where this node keeps its data (default: <raft data-dir>/<name>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The flags as config overrides.
+    pub fn overrides(&self) -> RunOverrides {
+        RunOverrides {
+            config: self.config.clone(),
+            name: self.name.clone(),
+            http: self.http.clone(),
+            cluster: self.cluster.clone(),
+            seeds: self.seeds.clone(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+/// Output formats of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// A table for people.
+    Table,
+    /// The raw JSON document.
+    Json,
+    /// The XML document.
+    Xml,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Any node's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub node: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+    pub format: StatusFormat,
+}
+
+/// Why `status` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The URL is not an http:// URL.
+    #[error("--node {url:?}: expected an http:// URL such as http://127.0.0.1:8081")]
+    BadUrl {
+        /// What was given.
+        url: String,
+    },
+    /// The node did not answer.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node answered something else than a status document.
+    #[error("{url} answered {status}: {body}")]
+    BadAnswer {
+        /// The URL asked.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// What it said (truncated).
+        body: String,
+    },
+}
+
+/// Fetches `/cluster/status` from `node` and renders it in `format`.
+pub async fn status(node: &str, format: StatusFormat) -> Result<String, StatusError> {
+    let base = node.trim_end_matches('/');
+    let suffix = match format {
+        StatusFormat::Xml => "?format=xml",
+        StatusFormat::Table | StatusFormat::Json => "",
+    };
+    let url = format!("{base}/cluster/status{suffix}");
+    let body = http_get(&url).await?;
+    match format {
+        StatusFormat::Xml => Ok(body),
+        StatusFormat::Json | StatusFormat::Table => {
+            let document: Value =
+                serde_json::from_str(&body).map_err(|err| StatusError::BadAnswer {
+                    url: url.clone(),
+                    status: 200,
+                    body: format!("not a status document: {err}"),
+                })?;
+            if format == StatusFormat::Json {
+                Ok(serde_json::to_string_pretty(&document).unwrap_or(body))
+            } else {
+                Ok(render_table(&document))
+            }
+        }
+    }
+}
+
+/// A plain HTTP GET returning the body of a 200 answer.
+pub async fn http_get(url: &str) -> Result<String, StatusError> {
+    let uri: hyper::Uri = url.parse().map_err(|_| StatusError::BadUrl {
+        url: url.to_string(),
+    })?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(StatusError::BadUrl {
+            url: url.to_string(),
+        });
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let unreachable = |reason: String| StatusError::Unreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let exchange = async {
+        let response = client
+            .get(uri)
+            .await
+            .map_err(|err| unreachable(error_chain(&err)))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| unreachable(err.to_string()))?
+            .to_bytes();
+        Ok::<_, StatusError>((status, bytes))
+    };
+    let (status, bytes) = tokio::time::timeout(STATUS_TIMEOUT, exchange)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {STATUS_TIMEOUT:?}")))??;
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    if !status.is_success() {
+        return Err(StatusError::BadAnswer {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: body.chars().take(200).collect(),
+        });
+    }
+    Ok(body)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Renders a status document as a member table.
+pub fn render_table(document: &Value) -> String {
+    let text = |value: &Value| match value {
+        Value::Null => "-".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let me = text(&document["node"]);
+    let mut out = format!(
+        "cluster {}  (answered by {}, leader {})\n",
+        text(&document["cluster_id"]),
+        me,
+        text(&document["leader"])
+    );
+    let headers = [
+        "NAME", "STATE", "HTTP", "CLUSTER", "GENERATION", "PHI", "LAST SEEN", "ROLE",
+    ];
+    let empty = Vec::new();
+    let members = document["members"].as_array().unwrap_or(&empty);
+    let rows: Vec<[String; 8]> = members
+        .iter()
+        .map(|member| {
+            let mut name = text(&member["name"]);
+            if name == me {
+                name.push('*');
+            }
+            let last_seen = match member["last_seen_ms"].as_u64() {
+                Some(ms) => format!("{ms} ms"),
+                None => "never".to_string(),
+            };
+            [
+                name,
+                text(&member["state"]),
+                text(&member["http_addr"]),
+                text(&member["cluster_addr"]),
+                text(&member["generation"]),
+                member["phi"]
+                    .as_f64()
+                    .map_or("-".to_string(), |phi| format!("{phi:.1}")),
+                last_seen,
+                text(&member["raft_role"]),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(headers.to_vec()));
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    let count = |state: &str| {
+        members
+            .iter()
+            .filter(|member| member["state"] == state)
+            .count()
+    };
+    out.push_str(&format!(
+        "{} members: {} up, {} down, {} draining, {} left  (* = answering node)\n",
+        members.len(),
+        count("up"),
+        count("down"),
+        count("draining"),
+        count("left")
+    ));
+    out
+}

@@ -1,0 +1,624 @@
+//! `cluster-config.xml` and the `run` flags, parsed and validated into what a node needs.
+//!
+//! The file is read into a raw element tree (`xml`), then checked into typed structs
+//! (`validate`); `NodeConfig::resolve` merges the command line into the result.
+//! Every error is one line naming the file, the line and the element at fault.
+
+mod validate;
+mod xml;
+
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use validate::{AddressBook, Role, check_identifier, parse_socket_addr};
+
+/// Default gossip round interval in milliseconds.
+pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 150;
+/// Allowed gossip interval in milliseconds.
+pub const GOSSIP_INTERVAL_MS_RANGE: RangeInclusive<u64> = 20..=10_000;
+/// Default phi-accrual threshold above which a peer is suspected.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+/// Allowed phi-accrual threshold.
+pub const PHI_THRESHOLD_RANGE: RangeInclusive<f64> = 1.0..=50.0;
+/// Default time in milliseconds after which a silent peer is dropped as dead.
+pub const DEFAULT_DEAD_AFTER_MS: u64 = 5_000;
+/// Allowed dead-after time in milliseconds.
+pub const DEAD_AFTER_MS_RANGE: RangeInclusive<u64> = 100..=600_000;
+/// Default Raft data directory, relative to the config file (or the current directory).
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// Default number of Raft voters.
+pub const DEFAULT_VOTERS: usize = 3;
+/// Allowed number of Raft voters.
+pub const VOTERS_RANGE: RangeInclusive<u64> = 1..=9;
+/// Default Raft leader heartbeat in milliseconds.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+/// Allowed Raft heartbeat in milliseconds.
+pub const HEARTBEAT_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
+/// Default Raft election timeout in milliseconds.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 600;
+/// Allowed Raft election timeout in milliseconds.
+pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
+/// Default session lifetime in seconds.
+pub const DEFAULT_SESSION_TTL_SECONDS: u64 = 1_800;
+/// Allowed session lifetime in seconds (up to a year).
+pub const SESSION_TTL_SECONDS_RANGE: RangeInclusive<u64> = 1..=31_536_000;
+/// Default session cookie name.
+pub const DEFAULT_COOKIE: &str = "MTSESSIONID";
+/// Default largest session record in bytes.
+pub const DEFAULT_SESSION_MAX_BYTES: usize = 1_048_576;
+/// Allowed largest session record in bytes.
+pub const SESSION_MAX_BYTES_RANGE: RangeInclusive<u64> = 1_024..=67_108_864;
+/// Default number of other nodes tried after a failed proxy attempt.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Allowed number of balancer retries.
+pub const RETRIES_RANGE: RangeInclusive<u64> = 0..=10;
+/// Longest cluster id or node name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Cluster id used when no config file is given.
+pub const DEFAULT_CLUSTER_ID: &str = "micro-tomcat";
+/// Config files larger than this are refused rather than read (`/dev/zero` would never end).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A configuration problem, displayed as one line a person can act on.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file as named by the user.
+        file: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file holds nothing but whitespace.
+    #[error("{file}: the file is empty; expected a <cluster> element")]
+    Empty {
+        /// The file as named by the user.
+        file: String,
+    },
+    /// The file is not well-formed XML.
+    #[error("{file}:{line}: malformed XML: {message}")]
+    Malformed {
+        /// The file as named by the user.
+        file: String,
+        /// 1-based line of the problem.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An element or attribute breaks a rule of the format.
+    #[error("{file}:{line}: {element}: {message}")]
+    Invalid {
+        /// The file as named by the user.
+        file: String,
+        /// 1-based line of the element.
+        line: usize,
+        /// The element as written, e.g. `<gossip interval-ms="5">`.
+        element: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The file as a whole is wrong, with no line to point at.
+    #[error("{file}: {message}")]
+    File {
+        /// The file as named by the user.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `--name` is not a node of the file and its addresses were not given.
+    #[error(
+        "{file}: node \"{name}\" is not in <nodes>; pass --http and --cluster to run a node that is not in the file"
+    )]
+    NodeNotInFile {
+        /// The file as named by the user.
+        file: String,
+        /// The `--name` value.
+        name: String,
+    },
+    /// A command-line flag is wrong or missing.
+    #[error("{message}")]
+    Flag {
+        /// What is wrong, naming the flag.
+        message: String,
+    },
+}
+
+/// The validated contents of `cluster-config.xml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Name shared by every node of the cluster.
+    pub cluster_id: String,
+    /// Membership gossip and failure detection.
+    pub gossip: GossipConfig,
+    /// Replicated session log.
+    pub raft: RaftConfig,
+    /// HTTP sessions.
+    pub sessions: SessionsConfig,
+    /// Request routing.
+    pub balancer: BalancerConfig,
+    /// Where the secrets are kept.
+    pub security: SecurityConfig,
+    /// What the nodes serve.
+    pub app: AppConfig,
+    /// The founding nodes, in file order.
+    pub nodes: Vec<NodeSpec>,
+    /// The file this came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// Gossip settings (`<gossip>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipConfig {
+    /// Time between gossip rounds; also the failure detector's initial interval.
+    pub interval: Duration,
+    /// Phi-accrual threshold above which a peer is suspected.
+    pub phi_threshold: f64,
+    /// Time after which a suspected peer is dropped as dead.
+    pub dead_after: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(DEFAULT_GOSSIP_INTERVAL_MS),
+            phi_threshold: DEFAULT_PHI_THRESHOLD,
+            dead_after: Duration::from_millis(DEFAULT_DEAD_AFTER_MS),
+        }
+    }
+}
+
+/// Raft settings (`<raft>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftConfig {
+    /// Parent of every node's data directory, already resolved against the file's directory.
+    pub data_dir: PathBuf,
+    /// How many nodes vote.
+    pub voters: usize,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Follower election timeout.
+    pub election_timeout: Duration,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            voters: DEFAULT_VOTERS,
+            heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            election_timeout: Duration::from_millis(DEFAULT_ELECTION_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Session settings (`<sessions>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionsConfig {
+    /// Idle time after which a session expires.
+    pub ttl: Duration,
+    /// Name of the session cookie.
+    pub cookie: String,
+    /// Largest session record accepted.
+    pub max_bytes: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECONDS),
+            cookie: DEFAULT_COOKIE.to_owned(),
+            max_bytes: DEFAULT_SESSION_MAX_BYTES,
+        }
+    }
+}
+
+/// How requests are spread over live nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Each node in turn.
+    RoundRobin,
+    /// The node with the fewest requests in flight.
+    LeastConnections,
+    /// The owner of the request's key on the hash ring (sticky).
+    #[default]
+    ConsistentHash,
+}
+
+impl Strategy {
+    /// Every strategy, in the order messages list them.
+    pub const ALL: [Strategy; 3] = [
+        Strategy::RoundRobin,
+        Strategy::LeastConnections,
+        Strategy::ConsistentHash,
+    ];
+
+    /// The spelling used in the file, e.g. `"round-robin"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round-robin",
+            Strategy::LeastConnections => "least-connections",
+            Strategy::ConsistentHash => "consistent-hash",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The session id, falling back to the client IP without one.
+    #[default]
+    Session,
+    /// The client IP.
+    Ip,
+}
+
+impl HashKey {
+    /// Every key, in the order messages list them.
+    pub const ALL: [HashKey; 2] = [HashKey::Session, HashKey::Ip];
+
+    /// The spelling used in the file, e.g. `"session"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashKey::Session => "session",
+            HashKey::Ip => "ip",
+        }
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Balancer settings (`<balancer>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancerConfig {
+    /// How the target node is chosen.
+    pub strategy: Strategy,
+    /// What consistent hashing hashes.
+    pub key: HashKey,
+    /// Other nodes tried after a failed proxy attempt.
+    pub retries: u32,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            key: HashKey::default(),
+            retries: DEFAULT_RETRIES,
+        }
+    }
+}
+
+/// Where secrets live (`<security>`); the files are not read here.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SecurityConfig {
+    /// File holding the gossip key, resolved against the file's directory.
+    pub gossip_key_file: Option<PathBuf>,
+    /// File holding the admin token, resolved against the file's directory.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// What the nodes serve (`<app>`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AppConfig {
+    /// Directory of static files, resolved against the file's directory.
+    pub docroot: Option<PathBuf>,
+    /// `http://` base URL requests are forwarded to.
+    pub upstream: Option<String>,
+}
+
+/// One node: its name and its two listening addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Unique node name.
+    pub name: String,
+    /// HTTP listener (TCP).
+    pub http: SocketAddr,
+    /// Gossip (UDP) and peer RPC (TCP) listener.
+    pub cluster: SocketAddr,
+}
+
+impl ClusterConfig {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let file = display_name(path);
+        let read_error = |source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::File {
+                file,
+                message: format!(
+                    "the file is larger than {} KiB; is this the right file?",
+                    MAX_FILE_BYTES / 1024
+                ),
+            });
+        }
+        Self::parse_bytes(&bytes, path)
+    }
+
+    /// Parses and validates `text`; `source` names it in messages and anchors relative paths.
+    pub fn parse(text: &str, source: &Path) -> Result<ClusterConfig, ConfigError> {
+        let file = display_name(source);
+        // A UTF-8 byte order mark is legal XML but not part of the document.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let root = xml::parse_document(text, &file)?;
+        let base_dir = source.parent().unwrap_or(Path::new(""));
+        let ctx = validate::Ctx {
+            file: &file,
+            base_dir,
+        };
+        let mut config = validate::cluster(&root, &ctx)?;
+        config.source = Some(source.to_path_buf());
+        Ok(config)
+    }
+
+    /// Like `parse`, for bytes straight from disk: rejects invalid UTF-8 with its line.
+    fn parse_bytes(bytes: &[u8], source: &Path) -> Result<ClusterConfig, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(text, source),
+            Err(err) => {
+                let valid = &bytes[..err.valid_up_to()];
+                let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+                Err(ConfigError::Malformed {
+                    file: display_name(source),
+                    line,
+                    message: "the file is not valid UTF-8; save it as UTF-8".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Defaults and no nodes: the configuration of a cluster of one started without a file.
+    pub fn single(cluster_id: &str) -> ClusterConfig {
+        ClusterConfig {
+            cluster_id: cluster_id.to_owned(),
+            gossip: GossipConfig::default(),
+            raft: RaftConfig::default(),
+            sessions: SessionsConfig::default(),
+            balancer: BalancerConfig::default(),
+            security: SecurityConfig::default(),
+            app: AppConfig::default(),
+            nodes: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// The listing `check-config` prints: a summary line, then one line per node.
+    pub fn describe(&self) -> String {
+        let count = self.nodes.len();
+        let mut out = format!(
+            "cluster \"{}\": {count} {}, gossip every {} ms, phi {}, dead after {} ms, raft voters {}",
+            self.cluster_id,
+            if count == 1 { "node" } else { "nodes" },
+            self.gossip.interval.as_millis(),
+            self.gossip.phi_threshold,
+            self.gossip.dead_after.as_millis(),
+            self.raft.voters,
+        );
+        let width = self.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
+        for node in &self.nodes {
+            out.push_str(&format!(
+                "\n  {:width$}  http {}  cluster {}",
+                node.name, node.http, node.cluster
+            ));
+        }
+        out
+    }
+
+    /// The file name for messages, or a stand-in when there is no file.
+    fn source_name(&self) -> String {
+        match &self.source {
+            Some(path) => display_name(path),
+            None => "(no config file)".to_owned(),
+        }
+    }
+}
+
+/// What the command line says for `micro-tomcat run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOverrides {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--name NAME`.
+    pub name: String,
+    /// `--http IP:PORT`.
+    pub http: Option<String>,
+    /// `--cluster IP:PORT`.
+    pub cluster: Option<String>,
+    /// Every `--seed IP:PORT`.
+    pub seeds: Vec<String>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Everything one node needs to run.
+///
+/// A node that is not a founder and has no seeds is a cluster of one and starts it itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// The cluster settings; when `--http/--cluster` override a founder, its entry in
+    /// `cluster.nodes` carries the overridden addresses.
+    pub cluster: ClusterConfig,
+    /// This node's name and addresses.
+    pub me: NodeSpec,
+    /// True when this node is listed in `<nodes>`.
+    pub founder: bool,
+    /// `--seed` values, then every founder's cluster address; deduplicated, never our own.
+    pub seeds: Vec<SocketAddr>,
+    /// `--data-dir`, else `<raft data-dir>/<name>`.
+    pub data_dir: PathBuf,
+}
+
+impl NodeConfig {
+    /// Merges the `run` flags with the config file (or the single-node defaults).
+    pub fn resolve(overrides: &RunOverrides) -> Result<NodeConfig, ConfigError> {
+        let name = overrides.name.as_str();
+        if let Err(problem) = check_identifier(name) {
+            return Err(flag(format!("--name {problem}")));
+        }
+        let http = flag_addr("--http", overrides.http.as_deref())?;
+        let cluster_addr = flag_addr("--cluster", overrides.cluster.as_deref())?;
+
+        let mut cluster = match &overrides.config {
+            Some(path) => ClusterConfig::load(path)?,
+            None => ClusterConfig::single(DEFAULT_CLUSTER_ID),
+        };
+        let file = cluster.source_name();
+        let listed = cluster.nodes.iter().position(|n| n.name == name);
+
+        let me = match listed {
+            Some(index) => {
+                let from_file = &cluster.nodes[index];
+                let me = NodeSpec {
+                    name: name.to_owned(),
+                    http: http.unwrap_or(from_file.http),
+                    cluster: cluster_addr.unwrap_or(from_file.cluster),
+                };
+                cluster.nodes[index] = me.clone();
+                me
+            }
+            None => match (http, cluster_addr) {
+                (Some(http), Some(cluster_addr)) => NodeSpec {
+                    name: name.to_owned(),
+                    http,
+                    cluster: cluster_addr,
+                },
+                _ if overrides.config.is_some() => {
+                    return Err(ConfigError::NodeNotInFile {
+                        file,
+                        name: name.to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(flag(
+                        "--http and --cluster are required when the node is not in a config file"
+                            .to_owned(),
+                    ));
+                }
+            },
+        };
+
+        // Flags can reintroduce a clash the file was checked for, so check the final set.
+        let mut addresses = AddressBook::default();
+        let mut everyone: Vec<&NodeSpec> = cluster.nodes.iter().collect();
+        if listed.is_none() {
+            everyone.push(&me);
+        }
+        for spec in everyone {
+            for role in [Role::Http, Role::Cluster] {
+                if let Err(problem) = addresses.add(spec, role) {
+                    let message = if overrides.config.is_some() {
+                        format!("{file}: --name {name} with these flags: {problem}")
+                    } else {
+                        format!("--http and --cluster: {problem}")
+                    };
+                    return Err(flag(message));
+                }
+            }
+        }
+
+        let mut seeds: Vec<SocketAddr> = Vec::new();
+        for raw in &overrides.seeds {
+            match parse_socket_addr(raw) {
+                Ok(addr) => push_seed(&mut seeds, addr, me.cluster),
+                Err(_) => {
+                    return Err(flag(format!(
+                        "--seed {}: expected IP:PORT such as 127.0.0.1:7001",
+                        quote(raw)
+                    )));
+                }
+            }
+        }
+        for founder in &cluster.nodes {
+            if founder.name != me.name {
+                push_seed(&mut seeds, founder.cluster, me.cluster);
+            }
+        }
+
+        let data_dir = match &overrides.data_dir {
+            Some(dir) => dir.clone(),
+            None => cluster.raft.data_dir.join(name),
+        };
+        Ok(NodeConfig {
+            cluster,
+            me,
+            founder: listed.is_some(),
+            seeds,
+            data_dir,
+        })
+    }
+}
+
+fn push_seed(seeds: &mut Vec<SocketAddr>, addr: SocketAddr, own: SocketAddr) {
+    if addr != own && !seeds.contains(&addr) {
+        seeds.push(addr);
+    }
+}
+
+fn flag(message: String) -> ConfigError {
+    ConfigError::Flag {
+        message: one_line(&message),
+    }
+}
+
+/// Parses an optional address flag, naming the flag in the error.
+fn flag_addr(flag_name: &str, raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => parse_socket_addr(raw)
+            .map(Some)
+            .map_err(|problem| flag(format!("{flag_name} {}: {problem}", quote(raw)))),
+    }
+}
+
+/// The path as the user wrote it, safe to print on one line.
+fn display_name(path: &Path) -> String {
+    one_line(&path.display().to_string())
+}
+
+/// Escapes control characters (newlines above all) so a message stays on one line.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A value from the file, quoted and escaped for a message, cut short if long.
+fn quote(value: &str) -> String {
+    const MAX_SHOWN: usize = 60;
+    match value.char_indices().nth(MAX_SHOWN) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,661 @@
+//! Turns the raw element tree into a typed `ClusterConfig`, checking every rule.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::xml::RawElement;
+use super::*;
+
+/// Where the file came from: its name for messages and its directory for relative paths.
+pub(super) struct Ctx<'a> {
+    pub file: &'a str,
+    pub base_dir: &'a Path,
+}
+
+/// The top-level children `<cluster>` accepts, in the order they are listed in messages.
+const CLUSTER_CHILDREN: [&str; 7] = [
+    "gossip", "raft", "sessions", "balancer", "security", "app", "nodes",
+];
+
+impl Ctx<'_> {
+    /// An error about `element`, showing `attr` (and a node's name) in the label.
+    fn invalid(&self, element: &RawElement, attr: Option<&str>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line: element.line,
+            element: label(element, attr),
+            message: one_line(&message),
+        }
+    }
+
+    fn only_attrs(&self, element: &RawElement, allowed: &[&str]) -> Result<(), ConfigError> {
+        for (key, _) in &element.attrs {
+            if !allowed.contains(&key.as_str()) {
+                let hint = if allowed.is_empty() {
+                    format!("<{}> takes no attributes", element.name)
+                } else {
+                    format!("allowed: {}", allowed.join(", "))
+                };
+                return Err(self.invalid(
+                    element,
+                    Some(key),
+                    format!("unknown attribute {key}; {hint}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn no_children(&self, element: &RawElement) -> Result<(), ConfigError> {
+        match element.children.first() {
+            None => Ok(()),
+            Some(child) => Err(self.invalid(
+                child,
+                None,
+                format!(
+                    "unexpected element <{}> inside <{}>; <{}> takes no child elements",
+                    child.name, element.name, element.name
+                ),
+            )),
+        }
+    }
+
+    fn required<'e>(&self, element: &'e RawElement, name: &str) -> Result<&'e str, ConfigError> {
+        element.attr(name).ok_or_else(|| {
+            self.invalid(element, None, format!("missing attribute {name}"))
+        })
+    }
+
+    /// A whole number attribute within `range`, or `default` when absent.
+    fn whole(
+        &self,
+        element: &RawElement,
+        name: &str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let Some(raw) = element.attr(name) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(value) if range.contains(&value) => Ok(value),
+            Ok(value) => Err(self.invalid(
+                element,
+                Some(name),
+                format!(
+                    "{name} must be between {} and {}, got {value}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            Err(_) => Err(self.invalid(
+                element,
+                Some(name),
+                format!(
+                    "{name} must be a whole number between {} and {}, got {}",
+                    range.start(),
+                    range.end(),
+                    quote(raw)
+                ),
+            )),
+        }
+    }
+
+    /// A finite decimal attribute within `range`, or `default` when absent.
+    fn decimal(
+        &self,
+        element: &RawElement,
+        name: &str,
+        default: f64,
+        range: RangeInclusive<f64>,
+    ) -> Result<f64, ConfigError> {
+        let Some(raw) = element.attr(name) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<f64>() {
+            // `parse` accepts "NaN" and "inf"; the range check turns both away.
+            Ok(value) if value.is_finite() && range.contains(&value) => Ok(value),
+            _ => Err(self.invalid(
+                element,
+                Some(name),
+                format!(
+                    "{name} must be a number between {} and {}, got {}",
+                    range.start(),
+                    range.end(),
+                    quote(raw)
+                ),
+            )),
+        }
+    }
+
+    /// An optional path attribute; relative paths are taken from the file's directory.
+    fn path(&self, element: &RawElement, name: &str) -> Result<Option<PathBuf>, ConfigError> {
+        match element.attr(name) {
+            None => Ok(None),
+            Some(raw) if raw.trim().is_empty() => Err(self.invalid(
+                element,
+                Some(name),
+                format!("{name} must not be empty; leave the attribute out instead"),
+            )),
+            Some(raw) => Ok(Some(self.base_dir.join(raw))),
+        }
+    }
+
+    /// One of `choices` (pairs of spelling and value), or `default` when absent.
+    fn choice<T: Copy>(
+        &self,
+        element: &RawElement,
+        name: &str,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = element.attr(name) else {
+            return Ok(default);
+        };
+        match choices.iter().find(|(spelling, _)| *spelling == raw) {
+            Some(&(_, value)) => Ok(value),
+            None => {
+                let names: Vec<&str> = choices.iter().map(|(spelling, _)| *spelling).collect();
+                Err(self.invalid(
+                    element,
+                    Some(name),
+                    format!(
+                        "{name} must be one of {}, got {}",
+                        names.join(", "),
+                        quote(raw)
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// `<node name="node-1" http="...">`: the element, a node's name, and the attribute at fault.
+fn label(element: &RawElement, attr: Option<&str>) -> String {
+    let mut shown: Vec<&str> = Vec::new();
+    if element.name == "node" && element.attr("name").is_some() {
+        shown.push("name");
+    }
+    if let Some(attr) = attr
+        && !shown.contains(&attr)
+        && element.attr(attr).is_some()
+    {
+        shown.push(attr);
+    }
+    let mut out = format!("<{}", one_line(&element.name));
+    for key in shown {
+        let value = element.attr(key).unwrap_or_default();
+        out.push_str(&format!(" {}={}", one_line(key), quote(value)));
+    }
+    out.push('>');
+    out
+}
+
+/// Validates the whole document.
+pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig, ConfigError> {
+    if root.name != "cluster" {
+        return Err(ctx.invalid(
+            root,
+            None,
+            format!(
+                "the top-level element must be <cluster>, found <{}>",
+                root.name
+            ),
+        ));
+    }
+    ctx.only_attrs(root, &["id"])?;
+    let id = match root.attr("id") {
+        Some(id) => id,
+        None => {
+            return Err(ctx.invalid(
+                root,
+                None,
+                "missing attribute id; name the cluster, as in <cluster id=\"demo\">".to_owned(),
+            ));
+        }
+    };
+    if let Err(problem) = check_identifier(id) {
+        return Err(ctx.invalid(root, Some("id"), format!("id {problem}")));
+    }
+
+    let mut found: HashMap<&str, &RawElement> = HashMap::new();
+    for child in &root.children {
+        if !CLUSTER_CHILDREN.contains(&child.name.as_str()) {
+            let allowed: Vec<String> = CLUSTER_CHILDREN.iter().map(|n| format!("<{n}>")).collect();
+            return Err(ctx.invalid(
+                child,
+                None,
+                format!(
+                    "unknown element <{}> inside <cluster>; allowed: {}",
+                    child.name,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if let Some(first) = found.insert(child.name.as_str(), child) {
+            return Err(ctx.invalid(
+                child,
+                None,
+                format!(
+                    "duplicate <{}> element (first at line {}); merge the two",
+                    child.name, first.line
+                ),
+            ));
+        }
+    }
+
+    let gossip = match found.get("gossip") {
+        Some(element) => gossip(element, ctx)?,
+        None => GossipConfig::default(),
+    };
+    let raft = match found.get("raft") {
+        Some(element) => raft(element, ctx)?,
+        None => RaftConfig {
+            data_dir: ctx.base_dir.join(DEFAULT_DATA_DIR),
+            ..RaftConfig::default()
+        },
+    };
+    let sessions = match found.get("sessions") {
+        Some(element) => sessions(element, ctx)?,
+        None => SessionsConfig::default(),
+    };
+    let balancer = match found.get("balancer") {
+        Some(element) => balancer(element, ctx)?,
+        None => BalancerConfig::default(),
+    };
+    let security = match found.get("security") {
+        Some(element) => security(element, ctx)?,
+        None => SecurityConfig::default(),
+    };
+    let app = match found.get("app") {
+        Some(element) => app(element, ctx)?,
+        None => AppConfig::default(),
+    };
+    let nodes = match found.get("nodes") {
+        Some(element) => nodes(element, ctx)?,
+        None => {
+            return Err(ctx.invalid(
+                root,
+                Some("id"),
+                "missing <nodes>; list the founding nodes as \
+                 <nodes><node name=\"node-1\" http=\"IP:PORT\" cluster=\"IP:PORT\"/></nodes>"
+                    .to_owned(),
+            ));
+        }
+    };
+
+    Ok(ClusterConfig {
+        cluster_id: id.to_owned(),
+        gossip,
+        raft,
+        sessions,
+        balancer,
+        security,
+        app,
+        nodes,
+        source: None,
+    })
+}
+
+fn gossip(element: &RawElement, ctx: &Ctx<'_>) -> Result<GossipConfig, ConfigError> {
+    ctx.only_attrs(element, &["interval-ms", "phi-threshold", "dead-after-ms"])?;
+    ctx.no_children(element)?;
+    let interval = ctx.whole(
+        element,
+        "interval-ms",
+        DEFAULT_GOSSIP_INTERVAL_MS,
+        GOSSIP_INTERVAL_MS_RANGE,
+    )?;
+    let phi_threshold = ctx.decimal(
+        element,
+        "phi-threshold",
+        DEFAULT_PHI_THRESHOLD,
+        PHI_THRESHOLD_RANGE,
+    )?;
+    let dead_after = ctx.whole(
+        element,
+        "dead-after-ms",
+        DEFAULT_DEAD_AFTER_MS,
+        DEAD_AFTER_MS_RANGE,
+    )?;
+    // A node must be allowed to miss at least one heartbeat before it is declared dead.
+    if dead_after < 2 * interval {
+        let (attr, shown) = if element.attr("dead-after-ms").is_some() {
+            ("dead-after-ms", dead_after.to_string())
+        } else {
+            ("interval-ms", format!("{dead_after} (the default)"))
+        };
+        return Err(ctx.invalid(
+            element,
+            Some(attr),
+            format!(
+                "dead-after-ms must be at least twice interval-ms (2 × {interval} = {}), got {shown}",
+                2 * interval
+            ),
+        ));
+    }
+    Ok(GossipConfig {
+        interval: Duration::from_millis(interval),
+        phi_threshold,
+        dead_after: Duration::from_millis(dead_after),
+    })
+}
+
+fn raft(element: &RawElement, ctx: &Ctx<'_>) -> Result<RaftConfig, ConfigError> {
+    ctx.only_attrs(
+        element,
+        &["data-dir", "voters", "heartbeat-ms", "election-timeout-ms"],
+    )?;
+    ctx.no_children(element)?;
+    let data_dir = ctx
+        .path(element, "data-dir")?
+        .unwrap_or_else(|| ctx.base_dir.join(DEFAULT_DATA_DIR));
+    let voters = ctx.whole(element, "voters", DEFAULT_VOTERS as u64, VOTERS_RANGE)?;
+    let heartbeat = ctx.whole(
+        element,
+        "heartbeat-ms",
+        DEFAULT_HEARTBEAT_MS,
+        HEARTBEAT_MS_RANGE,
+    )?;
+    let election_timeout = ctx.whole(
+        element,
+        "election-timeout-ms",
+        DEFAULT_ELECTION_TIMEOUT_MS,
+        ELECTION_TIMEOUT_MS_RANGE,
+    )?;
+    // Followers must be able to miss a couple of heartbeats without starting an election.
+    if election_timeout < 3 * heartbeat {
+        let (attr, shown) = if element.attr("election-timeout-ms").is_some() {
+            ("election-timeout-ms", election_timeout.to_string())
+        } else {
+            ("heartbeat-ms", format!("{election_timeout} (the default)"))
+        };
+        return Err(ctx.invalid(
+            element,
+            Some(attr),
+            format!(
+                "election-timeout-ms must be at least 3 × heartbeat-ms (3 × {heartbeat} = {}), got {shown}",
+                3 * heartbeat
+            ),
+        ));
+    }
+    Ok(RaftConfig {
+        data_dir,
+        // The range check above keeps this far below any platform's usize limit.
+        voters: usize::try_from(voters).unwrap_or(DEFAULT_VOTERS),
+        heartbeat: Duration::from_millis(heartbeat),
+        election_timeout: Duration::from_millis(election_timeout),
+    })
+}
+
+fn sessions(element: &RawElement, ctx: &Ctx<'_>) -> Result<SessionsConfig, ConfigError> {
+    ctx.only_attrs(element, &["ttl-seconds", "cookie", "max-bytes"])?;
+    ctx.no_children(element)?;
+    let ttl = ctx.whole(
+        element,
+        "ttl-seconds",
+        DEFAULT_SESSION_TTL_SECONDS,
+        SESSION_TTL_SECONDS_RANGE,
+    )?;
+    let cookie = match element.attr("cookie") {
+        None => DEFAULT_COOKIE.to_owned(),
+        Some(raw) if is_cookie_name(raw) => raw.to_owned(),
+        Some(raw) => {
+            return Err(ctx.invalid(
+                element,
+                Some("cookie"),
+                format!(
+                    "cookie must be a cookie name (letters, digits and !#$%&'*+-.^_`|~, \
+                     no spaces, ';', ',' or '='), got {}",
+                    quote(raw)
+                ),
+            ));
+        }
+    };
+    let max_bytes = ctx.whole(
+        element,
+        "max-bytes",
+        DEFAULT_SESSION_MAX_BYTES as u64,
+        SESSION_MAX_BYTES_RANGE,
+    )?;
+    Ok(SessionsConfig {
+        ttl: Duration::from_secs(ttl),
+        cookie,
+        // The range check keeps this within 64 MiB, which fits every usize we build for.
+        max_bytes: usize::try_from(max_bytes).unwrap_or(DEFAULT_SESSION_MAX_BYTES),
+    })
+}
+
+fn balancer(element: &RawElement, ctx: &Ctx<'_>) -> Result<BalancerConfig, ConfigError> {
+    ctx.only_attrs(element, &["strategy", "key", "retries"])?;
+    ctx.no_children(element)?;
+    let strategy = ctx.choice(
+        element,
+        "strategy",
+        Strategy::default(),
+        &Strategy::ALL.map(|s| (s.as_str(), s)),
+    )?;
+    let key = ctx.choice(
+        element,
+        "key",
+        HashKey::default(),
+        &HashKey::ALL.map(|k| (k.as_str(), k)),
+    )?;
+    let retries = ctx.whole(
+        element,
+        "retries",
+        u64::from(DEFAULT_RETRIES),
+        RETRIES_RANGE,
+    )?;
+    Ok(BalancerConfig {
+        strategy,
+        key,
+        // The range check keeps this at 10 or less.
+        retries: u32::try_from(retries).unwrap_or(DEFAULT_RETRIES),
+    })
+}
+
+fn security(element: &RawElement, ctx: &Ctx<'_>) -> Result<SecurityConfig, ConfigError> {
+    ctx.only_attrs(element, &["gossip-key-file", "admin-token-file"])?;
+    ctx.no_children(element)?;
+    Ok(SecurityConfig {
+        gossip_key_file: ctx.path(element, "gossip-key-file")?,
+        admin_token_file: ctx.path(element, "admin-token-file")?,
+    })
+}
+
+fn app(element: &RawElement, ctx: &Ctx<'_>) -> Result<AppConfig, ConfigError> {
+    ctx.only_attrs(element, &["docroot", "upstream"])?;
+    ctx.no_children(element)?;
+    let docroot = ctx.path(element, "docroot")?;
+    let upstream = match element.attr("upstream") {
+        None => None,
+        Some(raw) => match raw.strip_prefix("http://") {
+            Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+                Some(raw.to_owned())
+            }
+            _ => {
+                return Err(ctx.invalid(
+                    element,
+                    Some("upstream"),
+                    format!(
+                        "upstream must be an http:// URL such as http://127.0.0.1:9000, got {}",
+                        quote(raw)
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(AppConfig { docroot, upstream })
+}
+
+fn nodes(element: &RawElement, ctx: &Ctx<'_>) -> Result<Vec<NodeSpec>, ConfigError> {
+    ctx.only_attrs(element, &[])?;
+    let mut specs: Vec<NodeSpec> = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut addresses = AddressBook::default();
+    for child in &element.children {
+        if child.name != "node" {
+            return Err(ctx.invalid(
+                child,
+                None,
+                format!(
+                    "unknown element <{}> inside <nodes>; only <node> is allowed",
+                    child.name
+                ),
+            ));
+        }
+        let spec = node(child, ctx)?;
+        if let Some(first_line) = names.get(&spec.name) {
+            return Err(ctx.invalid(
+                child,
+                None,
+                format!(
+                    "duplicate node name {} (first defined at line {first_line})",
+                    quote(&spec.name)
+                ),
+            ));
+        }
+        names.insert(spec.name.clone(), child.line);
+        for (role, attr) in [(Role::Http, "http"), (Role::Cluster, "cluster")] {
+            if let Err(message) = addresses.add(&spec, role) {
+                return Err(ctx.invalid(child, Some(attr), message));
+            }
+        }
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        return Err(ctx.invalid(
+            element,
+            None,
+            "<nodes> lists no <node>; add at least one founding node, as in \
+             <node name=\"node-1\" http=\"127.0.0.1:8081\" cluster=\"127.0.0.1:7001\"/>"
+                .to_owned(),
+        ));
+    }
+    Ok(specs)
+}
+
+fn node(element: &RawElement, ctx: &Ctx<'_>) -> Result<NodeSpec, ConfigError> {
+    ctx.only_attrs(element, &["name", "http", "cluster"])?;
+    ctx.no_children(element)?;
+    let name = ctx.required(element, "name")?;
+    if let Err(problem) = check_identifier(name) {
+        return Err(ctx.invalid(element, None, format!("name {problem}")));
+    }
+    let mut addr = |attr: &str| -> Result<SocketAddr, ConfigError> {
+        let raw = ctx.required(element, attr)?;
+        parse_socket_addr(raw)
+            .map_err(|problem| ctx.invalid(element, Some(attr), format!("bad {attr} address: {problem}")))
+    };
+    let http = addr("http")?;
+    let cluster = addr("cluster")?;
+    Ok(NodeSpec {
+        name: name.to_owned(),
+        http,
+        cluster,
+    })
+}
+
+/// Which of a node's two listeners an address belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Http,
+    Cluster,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Http => "http",
+            Role::Cluster => "cluster",
+        }
+    }
+}
+
+/// Tracks which node listens where, so no address is used twice.
+#[derive(Debug, Default)]
+pub(super) struct AddressBook {
+    owners: HashMap<SocketAddr, (String, Role)>,
+}
+
+impl AddressBook {
+    /// Records `spec`'s address for `role`, or says who already uses it.
+    pub(super) fn add(&mut self, spec: &NodeSpec, role: Role) -> Result<(), String> {
+        let addr = match role {
+            Role::Http => spec.http,
+            Role::Cluster => spec.cluster,
+        };
+        if let Some((owner, owner_role)) = self.owners.get(&addr) {
+            return Err(format!(
+                "address {addr} used twice ({owner} {}, {} {})",
+                owner_role.as_str(),
+                spec.name,
+                role.as_str()
+            ));
+        }
+        self.owners.insert(addr, (spec.name.clone(), role));
+        Ok(())
+    }
+}
+
+/// Cluster ids and node names: what fits in a directory name, a metric label and a log field.
+pub(super) fn check_identifier(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -, got {}",
+            quote(value)
+        ))
+    }
+}
+
+/// RFC 6265 cookie names are RFC 7230 tokens.
+fn is_cookie_name(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Parses `IP:PORT`, explaining the usual mistakes (host names, bare IPv6, port 0).
+pub(super) fn parse_socket_addr(raw: &str) -> Result<SocketAddr, String> {
+    const EXPECTED: &str = "expected IP:PORT such as 127.0.0.1:8081";
+    let text = raw.trim();
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => {
+            Err("port 0 is not allowed; every node needs a fixed port".to_owned())
+        }
+        Ok(addr) => Ok(addr),
+        Err(_) => {
+            let Some((host, port)) = text.rsplit_once(':') else {
+                return Err(format!("{EXPECTED}, got {}", quote(raw)));
+            };
+            let port_ok = port.parse::<u16>().is_ok();
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !port_ok {
+                Err(format!("port must be between 1 and 65535, got {port}"))
+            } else if port_ok && matches!(host.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
+                Err(format!(
+                    "IPv6 addresses need brackets, as in [::1]:8081, got {}",
+                    quote(raw)
+                ))
+            } else if port_ok && !host.is_empty() && host.parse::<IpAddr>().is_err() {
+                Err(format!(
+                    "host names are not resolved; {EXPECTED}, got {}",
+                    quote(raw)
+                ))
+            } else {
+                Err(format!("{EXPECTED}, got {}", quote(raw)))
+            }
+        }
+    }
+}

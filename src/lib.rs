@@ -1,0 +1,11 @@
+//! micro-tomcat: a clustered HTTP application server.
+//!
+//! Nodes find each other by gossip ([`membership`]), and answer for the whole cluster over HTTP
+//! ([`http`]). [`node::run`] wires one node together; `main.rs` only parses flags and calls it.
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod membership;
+pub mod node;

@@ -1,0 +1,131 @@
+//! The `micro-tomcat` binary: parse flags, call the library. Exit 0 ok, 1 bad config or usage, 2 runtime failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use micro_tomcat::cli::{Cli, Command};
+use micro_tomcat::config::{ClusterConfig, NodeConfig};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid usage");
+            eprintln!("{first} (see micro-tomcat --help)");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { file } => match ClusterConfig::load(&file) {
+            Ok(config) => {
+                println!("{}: ok\n{}", file.display(), config.describe());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Status(args) => runtime(async move {
+            match micro_tomcat::cli::status(&args.node, args.format).await {
+                Ok(text) => {
+                    print!("{text}");
+                    if !text.ends_with('\n') {
+                        println!();
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::from(2)
+                }
+            }
+        }),
+        Command::Run(args) => {
+            let config = match NodeConfig::resolve(&args.overrides()) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging();
+            runtime(run_node(config))
+        }
+    }
+}
+
+fn runtime(future: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run_node(config: NodeConfig) -> ExitCode {
+    println!("{}", micro_tomcat::node::describe_startup(&config));
+    let listener = match tokio::net::TcpListener::bind(config.me.http).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("error: cannot listen for HTTP on {}: {err}", config.me.http);
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_to_cancel(shutdown.clone()));
+    match micro_tomcat::node::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn signal_to_cancel(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    shutdown.cancel();
+}
