@@ -221,7 +221,14 @@ pub fn render_table(document: &Value) -> String {
         text(&document["leader"])
     );
     let headers = [
-        "NAME", "STATE", "HTTP", "CLUSTER", "GENERATION", "PHI", "LAST SEEN", "ROLE",
+        "NAME",
+        "STATE",
+        "HTTP",
+        "CLUSTER",
+        "GENERATION",
+        "PHI",
+        "LAST SEEN",
+        "ROLE",
     ];
     let empty = Vec::new();
     let members = document["members"].as_array().unwrap_or(&empty);

@@ -68,6 +68,7 @@ impl NodeContext {
             &config.cluster.cluster_id,
             &config.me.name,
             &self.membership().view(),
+            self.membership().traffic(),
         )
     }
 
@@ -90,7 +91,11 @@ impl NodeContext {
 /// Prints what the node will run with: every configured node and its own addresses.
 pub fn describe_startup(config: &NodeConfig) -> String {
     let mut text = config.cluster.describe();
-    let role = if config.founder { "founder" } else { "joining" };
+    let role = match (config.founder, config.seeds.is_empty()) {
+        (true, _) => "founder",
+        (false, false) => "joining",
+        (false, true) => "a cluster of one",
+    };
     text.push_str(&format!(
         "\nthis node: {} ({role})  http {}  cluster {}  data {}",
         config.me.name,

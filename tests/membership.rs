@@ -39,7 +39,10 @@ async fn founders_converge_and_a_joiner_is_seen_by_all() {
         for row in status["members"].as_array().expect("members") {
             let member = row["name"].as_str().expect("name");
             assert_eq!(row["http_addr"], cluster.nodes[member].http.to_string());
-            assert_eq!(row["cluster_addr"], cluster.nodes[member].cluster.to_string());
+            assert_eq!(
+                row["cluster_addr"],
+                cluster.nodes[member].cluster.to_string()
+            );
             assert!(row["generation"].as_u64().is_some(), "{row}");
         }
         let ready = cluster
@@ -58,7 +61,10 @@ async fn founders_converge_and_a_joiner_is_seen_by_all() {
     // XML form carries the same members.
     let xml = cluster
         .client
-        .get(format!("{}/cluster/status?format=xml", cluster.nodes["node-4"].url()))
+        .get(format!(
+            "{}/cluster/status?format=xml",
+            cluster.nodes["node-4"].url()
+        ))
         .send()
         .await
         .expect("xml status")
@@ -116,21 +122,38 @@ async fn killed_node_is_down_everywhere_and_comes_back_with_a_newer_generation()
     for name in survivors {
         let row = cluster.wait_state(name, "node-3", "up", CONVERGE).await;
         let generation = row["generation"].as_u64().expect("generation");
-        assert!(generation > old_generation, "{generation} <= {old_generation}");
+        assert!(
+            generation > old_generation,
+            "{generation} <= {old_generation}"
+        );
     }
     cluster.wait_all_up(3, CONVERGE).await;
 
     for (name, after) in survivors.into_iter().zip(before) {
         let events = cluster.events(name).await;
-        assert_eq!(count(&events, "node_down", "node-3", after), 1, "{name}: {events:?}");
-        assert_eq!(count(&events, "node_up", "node-3", after), 1, "{name}: {events:?}");
+        assert_eq!(
+            count(&events, "node_down", "node-3", after),
+            1,
+            "{name}: {events:?}"
+        );
+        assert_eq!(
+            count(&events, "node_up", "node-3", after),
+            1,
+            "{name}: {events:?}"
+        );
         let down = events
             .iter()
             .find(|event| event["kind"] == "node_down" && event["seq"].as_u64() > Some(after))
             .expect("down event");
         let reason = down["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("phi") || reason.contains("no heartbeat"), "{reason}");
-        assert!(reason.contains("last seen") || reason.contains("dead-after"), "{reason}");
+        assert!(
+            reason.contains("phi") || reason.contains("no heartbeat"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("last seen") || reason.contains("dead-after"),
+            "{reason}"
+        );
     }
 }
 
@@ -153,8 +176,16 @@ async fn sigterm_is_reported_as_left_not_down() {
         assert_eq!(row["state"], "left", "{name}: {row}");
     }
     let events = cluster.events("node-1").await;
-    assert_eq!(count(&events, "node_left", "node-2", before), 1, "{events:?}");
-    assert_eq!(count(&events, "node_down", "node-2", before), 0, "{events:?}");
+    assert_eq!(
+        count(&events, "node_left", "node-2", before),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        count(&events, "node_down", "node-2", before),
+        0,
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,7 +142,11 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for status in [NodeStatus::Serving, NodeStatus::Draining, NodeStatus::Leaving] {
+        for status in [
+            NodeStatus::Serving,
+            NodeStatus::Draining,
+            NodeStatus::Leaving,
+        ] {
             assert_eq!(status.as_str().parse::<NodeStatus>(), Ok(status));
         }
         assert!("retired".parse::<NodeStatus>().is_err());

@@ -24,11 +24,10 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 /// Decodes a message, rejecting trailing bytes. Never panics; lengths inside the bytes are checked
 /// against the remaining input by postcard before anything is allocated.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (message, rest) =
-        postcard::take_from_bytes::<T>(bytes).map_err(|source| DecodeError {
-            type_name: std::any::type_name::<T>(),
-            source,
-        })?;
+    let (message, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|source| DecodeError {
+        type_name: std::any::type_name::<T>(),
+        source,
+    })?;
     if rest.is_empty() {
         Ok(message)
     } else {

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use validate::{AddressBook, Role, check_identifier, parse_socket_addr};
+use validate::{
+    AddressBook, EXAMPLE_CLUSTER, EXAMPLE_HTTP, Role, check_identifier, parse_socket_addr,
+};
 
 /// Default gossip round interval in milliseconds.
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 150;
@@ -478,8 +480,8 @@ impl NodeConfig {
         if let Err(problem) = check_identifier(name) {
             return Err(flag(format!("--name {problem}")));
         }
-        let http = flag_addr("--http", overrides.http.as_deref())?;
-        let cluster_addr = flag_addr("--cluster", overrides.cluster.as_deref())?;
+        let http = flag_addr("--http", overrides.http.as_deref(), EXAMPLE_HTTP)?;
+        let cluster_addr = flag_addr("--cluster", overrides.cluster.as_deref(), EXAMPLE_CLUSTER)?;
 
         let mut cluster = match &overrides.config {
             Some(path) => ClusterConfig::load(path)?,
@@ -541,15 +543,9 @@ impl NodeConfig {
 
         let mut seeds: Vec<SocketAddr> = Vec::new();
         for raw in &overrides.seeds {
-            match parse_socket_addr(raw) {
-                Ok(addr) => push_seed(&mut seeds, addr, me.cluster),
-                Err(_) => {
-                    return Err(flag(format!(
-                        "--seed {}: expected IP:PORT such as 127.0.0.1:7001",
-                        quote(raw)
-                    )));
-                }
-            }
+            let addr = parse_socket_addr(raw, EXAMPLE_CLUSTER)
+                .map_err(|problem| flag(format!("--seed {}: {problem}", quote(raw))))?;
+            push_seed(&mut seeds, addr, me.cluster);
         }
         for founder in &cluster.nodes {
             if founder.name != me.name {
@@ -584,10 +580,14 @@ fn flag(message: String) -> ConfigError {
 }
 
 /// Parses an optional address flag, naming the flag in the error.
-fn flag_addr(flag_name: &str, raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+fn flag_addr(
+    flag_name: &str,
+    raw: Option<&str>,
+    example: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
     match raw {
         None => Ok(None),
-        Some(raw) => parse_socket_addr(raw)
+        Some(raw) => parse_socket_addr(raw, example)
             .map(Some)
             .map_err(|problem| flag(format!("{flag_name} {}: {problem}", quote(raw)))),
     }

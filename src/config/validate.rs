@@ -64,9 +64,9 @@ impl Ctx<'_> {
     }
 
     fn required<'e>(&self, element: &'e RawElement, name: &str) -> Result<&'e str, ConfigError> {
-        element.attr(name).ok_or_else(|| {
-            self.invalid(element, None, format!("missing attribute {name}"))
-        })
+        element
+            .attr(name)
+            .ok_or_else(|| self.invalid(element, None, format!("missing attribute {name}")))
     }
 
     /// A whole number attribute within `range`, or `default` when absent.
@@ -546,10 +546,20 @@ fn node(element: &RawElement, ctx: &Ctx<'_>) -> Result<NodeSpec, ConfigError> {
     if let Err(problem) = check_identifier(name) {
         return Err(ctx.invalid(element, None, format!("name {problem}")));
     }
-    let mut addr = |attr: &str| -> Result<SocketAddr, ConfigError> {
+    let addr = |attr: &str| -> Result<SocketAddr, ConfigError> {
         let raw = ctx.required(element, attr)?;
-        parse_socket_addr(raw)
-            .map_err(|problem| ctx.invalid(element, Some(attr), format!("bad {attr} address: {problem}")))
+        let example = if attr == "http" {
+            EXAMPLE_HTTP
+        } else {
+            EXAMPLE_CLUSTER
+        };
+        parse_socket_addr(raw, example).map_err(|problem| {
+            ctx.invalid(
+                element,
+                Some(attr),
+                format!("bad {attr} address: {problem}"),
+            )
+        })
     };
     let http = addr("http")?;
     let cluster = addr("cluster")?;
@@ -559,6 +569,11 @@ fn node(element: &RawElement, ctx: &Ctx<'_>) -> Result<NodeSpec, ConfigError> {
         cluster,
     })
 }
+
+/// Shown in address errors, matching the repo-root example file.
+pub(super) const EXAMPLE_HTTP: &str = "127.0.0.1:8081";
+/// Shown in cluster and seed address errors.
+pub(super) const EXAMPLE_CLUSTER: &str = "127.0.0.1:7001";
 
 /// Which of a node's two listeners an address belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -628,8 +643,9 @@ fn is_cookie_name(value: &str) -> bool {
 }
 
 /// Parses `IP:PORT`, explaining the usual mistakes (host names, bare IPv6, port 0).
-pub(super) fn parse_socket_addr(raw: &str) -> Result<SocketAddr, String> {
-    const EXPECTED: &str = "expected IP:PORT such as 127.0.0.1:8081";
+/// The problem does not repeat the value: callers show it next to the attribute or flag.
+pub(super) fn parse_socket_addr(raw: &str, example: &str) -> Result<SocketAddr, String> {
+    let expected = format!("expected IP:PORT such as {example}");
     let text = raw.trim();
     match text.parse::<SocketAddr>() {
         Ok(addr) if addr.port() == 0 => {
@@ -638,23 +654,17 @@ pub(super) fn parse_socket_addr(raw: &str) -> Result<SocketAddr, String> {
         Ok(addr) => Ok(addr),
         Err(_) => {
             let Some((host, port)) = text.rsplit_once(':') else {
-                return Err(format!("{EXPECTED}, got {}", quote(raw)));
+                return Err(expected);
             };
             let port_ok = port.parse::<u16>().is_ok();
             if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !port_ok {
                 Err(format!("port must be between 1 and 65535, got {port}"))
             } else if port_ok && matches!(host.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
-                Err(format!(
-                    "IPv6 addresses need brackets, as in [::1]:8081, got {}",
-                    quote(raw)
-                ))
+                Err("IPv6 addresses need brackets, as in [::1]:8081".to_owned())
             } else if port_ok && !host.is_empty() && host.parse::<IpAddr>().is_err() {
-                Err(format!(
-                    "host names are not resolved; {EXPECTED}, got {}",
-                    quote(raw)
-                ))
+                Err(format!("host names are not resolved; {expected}"))
             } else {
-                Err(format!("{EXPECTED}, got {}", quote(raw)))
+                Err(expected)
             }
         }
     }

@@ -359,7 +359,10 @@ mod tests {
         assert!(msg.starts_with("t.xml:3: malformed XML:"), "{msg}");
         let msg = message("<cluster id=\"a\">\n  <nodes>\n");
         assert!(msg.starts_with("t.xml:3: malformed XML:"), "{msg}");
-        assert!(msg.contains("<nodes> opened at line 2 is never closed"), "{msg}");
+        assert!(
+            msg.contains("<nodes> opened at line 2 is never closed"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -392,13 +395,19 @@ mod tests {
         let msg = message("<cluster id=\"a\">&amp;</cluster>");
         assert!(msg.contains("unexpected text \"&amp;\""), "{msg}");
         let msg = message("junk <cluster id=\"a\"/>");
-        assert!(msg.starts_with("t.xml:1: malformed XML: text \"junk"), "{msg}");
+        assert!(
+            msg.starts_with("t.xml:1: malformed XML: text \"junk"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn second_top_level_element_is_rejected() {
         let msg = message("<cluster id=\"a\"/>\n<cluster id=\"b\"/>");
-        assert!(msg.starts_with("t.xml:2: malformed XML: <cluster> after the end"), "{msg}");
+        assert!(
+            msg.starts_with("t.xml:2: malformed XML: <cluster> after the end"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -411,7 +420,10 @@ mod tests {
     #[test]
     fn unknown_entity_is_malformed() {
         let msg = message("<cluster id=\"&nope;\"/>");
-        assert!(msg.starts_with("t.xml:1: malformed XML: in <cluster>: attribute id"), "{msg}");
+        assert!(
+            msg.starts_with("t.xml:1: malformed XML: in <cluster>: attribute id"),
+            "{msg}"
+        );
     }
 
     #[test]

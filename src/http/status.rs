@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::membership::{MemberInfo, MembershipView};
+use crate::membership::{MemberInfo, MembershipView, TrafficSnapshot};
 
 /// The whole status document. Field names are the contract in DESIGN.md.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +21,8 @@ pub struct ClusterStatus {
     pub sessions: Option<SessionsStatus>,
     /// Balancer figures (filled by the balancer).
     pub balancer: Option<BalancerStatus>,
+    /// This node's gossip traffic since start.
+    pub gossip: TrafficSnapshot,
 }
 
 /// One row of `members`.
@@ -116,7 +118,12 @@ impl MemberStatus {
 
 impl ClusterStatus {
     /// The status as this node sees it now.
-    pub fn build(cluster_id: &str, node: &str, view: &MembershipView) -> ClusterStatus {
+    pub fn build(
+        cluster_id: &str,
+        node: &str,
+        view: &MembershipView,
+        gossip: TrafficSnapshot,
+    ) -> ClusterStatus {
         ClusterStatus {
             cluster_id: cluster_id.to_string(),
             node: node.to_string(),
@@ -125,6 +132,7 @@ impl ClusterStatus {
             raft: None,
             sessions: None,
             balancer: None,
+            gossip,
         }
     }
 
@@ -162,6 +170,7 @@ impl ClusterStatus {
             raft: Option<XmlRaft<'a>>,
             sessions: &'a Option<SessionsStatus>,
             balancer: Option<XmlBalancer<'a>>,
+            gossip: &'a TrafficSnapshot,
         }
         let xml = XmlStatus {
             cluster_id: &self.cluster_id,
@@ -188,8 +197,11 @@ impl ClusterStatus {
                     name: &balancer.members,
                 },
             }),
+            gossip: &self.gossip,
         };
         let body = quick_xml::se::to_string_with_root("cluster", &xml)?;
-        Ok(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}\n"))
+        Ok(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}\n"
+        ))
     }
 }

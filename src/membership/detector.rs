@@ -141,13 +141,25 @@ mod tests {
         let start = Instant::now();
         let mut history = HeartbeatHistory::new(0, start);
         for beat in 1..=50u64 {
-            history.observe(beat, start + Duration::from_millis(100 * beat as u64), &params);
+            history.observe(
+                beat,
+                start + Duration::from_millis(100 * beat),
+                &params,
+            );
         }
         let last = start + Duration::from_millis(5000);
-        assert!(history.liveness(last + Duration::from_millis(700), &params).alive);
+        assert!(
+            history
+                .liveness(last + Duration::from_millis(700), &params)
+                .alive
+        );
         let verdict = history.liveness(last + Duration::from_millis(900), &params);
         assert!(!verdict.alive, "{verdict:?}");
-        assert!(verdict.reason(&params).starts_with("phi 9.0 > 8, last seen 0.9s ago"));
+        assert!(
+            verdict
+                .reason(&params)
+                .starts_with("phi 9.0 > 8, last seen 0.9s ago")
+        );
     }
 
     #[test]

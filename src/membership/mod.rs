@@ -5,6 +5,7 @@
 //! immutable [`MembershipView`] that the rest of the program reads.
 
 pub mod detector;
+pub mod transport;
 pub mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use chitchat::transport::UdpTransport;
 use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use proto::gossip::{self, LoadReport, NodeStatus};
 use tokio::sync::{Mutex, watch};
@@ -26,6 +26,8 @@ use crate::config::NodeConfig;
 use crate::events::{EventKind, EventLog, now_ms};
 pub use detector::DetectorParams;
 use detector::HeartbeatHistory;
+use transport::CountingTransport;
+pub use transport::{GossipTraffic, TrafficSnapshot};
 pub use view::{MemberInfo, MemberState, MembershipView};
 
 /// How long dead incarnations and deleted keys stay in chitchat's state before they are forgotten.
@@ -52,6 +54,7 @@ pub struct Membership {
     changes: watch::Receiver<u64>,
     local: Arc<std::sync::Mutex<LocalState>>,
     gossip_interval: Duration,
+    traffic: Arc<GossipTraffic>,
 }
 
 /// What this node says about itself.
@@ -95,13 +98,20 @@ impl Membership {
                 gossip::KEY_WIRE_VERSION.to_string(),
                 gossip::WIRE_VERSION.to_string(),
             ),
-            (gossip::KEY_HTTP_ADDR.to_string(), config.me.http.to_string()),
+            (
+                gossip::KEY_HTTP_ADDR.to_string(),
+                config.me.http.to_string(),
+            ),
             (
                 gossip::KEY_STATUS.to_string(),
                 NodeStatus::Serving.as_str().to_string(),
             ),
         ];
-        let handle = chitchat::spawn_chitchat(chitchat_config, initial_keys, &UdpTransport)
+        let traffic = Arc::new(GossipTraffic::default());
+        let transport = CountingTransport {
+            traffic: traffic.clone(),
+        };
+        let handle = chitchat::spawn_chitchat(chitchat_config, initial_keys, &transport)
             .await
             .map_err(|err| MembershipError::Bind {
                 addr: config.me.cluster,
@@ -115,7 +125,8 @@ impl Membership {
         let mut observer = Observer::new(config, generation, events, local.clone());
         let view = Arc::new(ArcSwap::from_pointee(observer.initial_view()));
         let (changes_tx, changes) = watch::channel(0);
-        let poll_every = (gossip_config.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let poll_every = (gossip_config.interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
         {
             let chitchat = chitchat.clone();
             let view = view.clone();
@@ -150,12 +161,18 @@ impl Membership {
             changes,
             local,
             gossip_interval: gossip_config.interval,
+            traffic,
         })
     }
 
     /// The current snapshot.
     pub fn view(&self) -> Arc<MembershipView> {
         self.view.load_full()
+    }
+
+    /// Gossip traffic of this node since start.
+    pub fn traffic(&self) -> TrafficSnapshot {
+        self.traffic.snapshot()
     }
 
     /// Fires whenever a member's state or address changes (not for every phi update).
@@ -298,7 +315,11 @@ impl Observer {
                 MemberState::Down => None,
             };
             if let Some(kind) = kind {
-                self.emit(kind, &self.me.name.clone(), format!("this node is now {}", state.as_str()));
+                self.emit(
+                    kind,
+                    &self.me.name.clone(),
+                    format!("this node is now {}", state.as_str()),
+                );
             }
         }
         MemberInfo {
@@ -309,7 +330,10 @@ impl Observer {
             generation: Some(self.generation),
             phi: Some(0.0),
             last_seen_ms: Some(0),
-            founder: self.founders.iter().any(|founder| founder.name == self.me.name),
+            founder: self
+                .founders
+                .iter()
+                .any(|founder| founder.name == self.me.name),
             is_self: true,
             wire_version: Some(gossip::WIRE_VERSION),
             load,
@@ -332,7 +356,10 @@ impl Observer {
                         .insert(node.id.clone(), HeartbeatHistory::new(node.heartbeat, now));
                 }
             }
-            by_name.entry(node.id.node_id.to_string()).or_default().push(node);
+            by_name
+                .entry(node.id.node_id.to_string())
+                .or_default()
+                .push(node);
         }
 
         let mut structural = false;
@@ -377,7 +404,12 @@ impl Observer {
     }
 
     /// Decides one member's info from its incarnations, or `None` while a new member is not yet alive.
-    fn judge(&mut self, name: &str, incarnations: &[&Observed], now: Instant) -> Option<MemberInfo> {
+    fn judge(
+        &mut self,
+        name: &str,
+        incarnations: &[&Observed],
+        now: Instant,
+    ) -> Option<MemberInfo> {
         let verdict = |node: &Observed| {
             self.histories
                 .get(&node.id)
@@ -449,7 +481,9 @@ impl Observer {
     /// Records the member's new info; emits and logs an event when its state changed. Returns whether
     /// anything the balancer cares about (state, addresses, generation) changed.
     fn transition(&mut self, name: &str, info: &MemberInfo) -> bool {
-        let previous = self.tracked.insert(name.to_string(), Tracked { info: info.clone() });
+        let previous = self
+            .tracked
+            .insert(name.to_string(), Tracked { info: info.clone() });
         let Some(previous) = previous.map(|tracked| tracked.info) else {
             if info.state == MemberState::Up || info.state == MemberState::Draining {
                 self.emit(
@@ -473,7 +507,11 @@ impl Observer {
         match (previous.state, info.state) {
             (before, after) if before == after => {
                 if restarted && after == MemberState::Up {
-                    self.emit(EventKind::NodeUp, name, format!("restarted ({})", generations()));
+                    self.emit(
+                        EventKind::NodeUp,
+                        name,
+                        format!("restarted ({})", generations()),
+                    );
                 }
             }
             (_, MemberState::Up) => {
@@ -483,10 +521,7 @@ impl Observer {
                         format!("joined (generation {})", info.generation.unwrap_or(0))
                     }
                     _ if restarted => format!("restarted ({})", generations()),
-                    _ => format!(
-                        "heartbeats resumed (phi {:.1})",
-                        info.phi.unwrap_or(0.0)
-                    ),
+                    _ => format!("heartbeats resumed (phi {:.1})", info.phi.unwrap_or(0.0)),
                 };
                 self.emit(EventKind::NodeUp, name, reason);
             }
@@ -497,10 +532,18 @@ impl Observer {
                 self.emit(EventKind::NodeDown, name, reason);
             }
             (_, MemberState::Left) => {
-                self.emit(EventKind::NodeLeft, name, "announced it is leaving".to_string());
+                self.emit(
+                    EventKind::NodeLeft,
+                    name,
+                    "announced it is leaving".to_string(),
+                );
             }
             (_, MemberState::Draining) => {
-                self.emit(EventKind::NodeDraining, name, "asked for no new work".to_string());
+                self.emit(
+                    EventKind::NodeDraining,
+                    name,
+                    "asked for no new work".to_string(),
+                );
             }
         }
         previous.state != info.state

@@ -241,7 +241,11 @@ impl Cluster {
 
     /// Whether a started node's process is still alive.
     pub fn is_running(&mut self, name: &str) -> bool {
-        match self.nodes.get_mut(name).and_then(|node| node.child.as_mut()) {
+        match self
+            .nodes
+            .get_mut(name)
+            .and_then(|node| node.child.as_mut())
+        {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => false,
         }
