@@ -24,7 +24,7 @@ build() {
 
 # The file's nodes, as "name http cluster" lines.
 file_nodes() {
-  "$bin" check-config "$config" | awk '$1 ~ /^node/ || ($2 == "http" && $4 == "cluster") {print $1, $3, $5}'
+  "$bin" check-config "$config" | awk '$2 == "http" && $4 == "cluster" {print $1, $3, $5}'
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

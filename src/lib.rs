@@ -3,9 +3,12 @@
 //! Nodes find each other by gossip ([`membership`]), and answer for the whole cluster over HTTP
 //! ([`http`]). [`node::run`] wires one node together; `main.rs` only parses flags and calls it.
 
+pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod membership;
 pub mod node;
+pub mod raft;
+pub mod session;

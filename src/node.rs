@@ -1,20 +1,30 @@
-//! Wiring: one node = membership + HTTP, started together and stopped in order.
+//! Wiring: one node = membership + Raft replica + HTTP, started together and stopped in order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_sessions::{Expiry, SessionManagerLayer};
 use tracing::{info, warn};
 
+use crate::apps;
 use crate::config::NodeConfig;
 use crate::events::EventLog;
 use crate::http;
-use crate::http::status::ClusterStatus;
+use crate::http::status::{ClusterStatus, RaftStatus, SessionsStatus};
 use crate::membership::{MemberState, Membership, MembershipError};
+use crate::raft::replica::{Replica, ReplicaError};
+use crate::session::ClusterStore;
+use crate::session::api::SessionApi;
 
 /// How long in-flight requests get to finish at shutdown.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Header naming the node that served an application request.
+pub const SERVED_BY: &str = "x-served-by";
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +32,19 @@ pub enum NodeError {
     /// Gossip could not start.
     #[error(transparent)]
     Membership(#[from] MembershipError),
-    /// The HTTP listener could not be opened or failed.
+    /// The Raft replica could not start.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// The peer RPC port could not be opened.
+    #[error("cannot listen for peers on {addr}/tcp: {source}")]
+    PeerListener {
+        /// The `--cluster` address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP listener failed.
     #[error("HTTP server on {addr}: {source}")]
     Http {
         /// The `--http` address.
@@ -41,7 +63,8 @@ pub struct NodeContext {
 
 struct ContextInner {
     config: NodeConfig,
-    membership: Membership,
+    membership: Arc<Membership>,
+    replica: Arc<Replica>,
     events: EventLog,
 }
 
@@ -56,6 +79,11 @@ impl NodeContext {
         &self.inner.membership
     }
 
+    /// This node's Raft replica.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.inner.replica
+    }
+
     /// The event history.
     pub fn events(&self) -> &EventLog {
         &self.inner.events
@@ -64,15 +92,55 @@ impl NodeContext {
     /// The status document as of now.
     pub fn status(&self) -> ClusterStatus {
         let config = self.config();
-        ClusterStatus::build(
+        let view = self.membership().view();
+        let mut status = ClusterStatus::build(
             &config.cluster.cluster_id,
             &config.me.name,
-            &self.membership().view(),
+            &view,
             self.membership().traffic(),
-        )
+        );
+        let metrics = self.replica().metrics();
+        let raft_config = metrics.membership_config.membership();
+        let name_of = |id: u64| {
+            raft_config
+                .get_node(&id)
+                .map(|node| node.name.clone())
+                .unwrap_or_else(|| format!("raft-{id}"))
+        };
+        let voters: Vec<u64> = raft_config.voter_ids().collect();
+        let learners: Vec<u64> = raft_config.learner_ids().collect();
+        for row in &mut status.members {
+            let raft_id = view.member(&row.name).and_then(|member| member.raft_id);
+            row.raft_role = raft_id.and_then(|id| {
+                if voters.contains(&id) {
+                    Some("voter".to_string())
+                } else if learners.contains(&id) {
+                    Some("learner".to_string())
+                } else {
+                    None
+                }
+            });
+        }
+        let leader = metrics.current_leader.map(name_of);
+        status.leader = leader.clone();
+        let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
+        status.raft = Some(RaftStatus {
+            term: metrics.current_term,
+            leader,
+            // A follower only knows the commit index through what it applied.
+            commit_index: applied,
+            applied_index: applied,
+            voters: voters.iter().map(|id| name_of(*id)).collect(),
+            learners: learners.iter().map(|id| name_of(*id)).collect(),
+        });
+        status.sessions = Some(SessionsStatus {
+            active: self.replica().reader().len() as u64,
+            expired_total: self.replica().expired_total(),
+        });
+        status
     }
 
-    /// `Ok` when this node has joined: it sees another member up, or it is a cluster of one.
+    /// `Ok` when this node has joined gossip, Raft has a leader, and this node applied its log.
     pub fn readiness(&self) -> Result<(), String> {
         let view = self.membership().view();
         let alone = self.config().seeds.is_empty();
@@ -80,11 +148,10 @@ impl NodeContext {
             .members
             .iter()
             .any(|member| !member.is_self && member.state == MemberState::Up);
-        if alone || others_up {
-            Ok(())
-        } else {
-            Err("no other member reachable through gossip yet".to_string())
+        if !alone && !others_up {
+            return Err("no other member reachable through gossip yet".to_string());
         }
+        self.replica().readiness()
     }
 }
 
@@ -110,6 +177,40 @@ pub fn describe_startup(config: &NodeConfig) -> String {
     text
 }
 
+/// The applications: session API, demo app (with the cluster session store), stamped with the node.
+fn applications(context: &NodeContext) -> Router {
+    let config = context.config();
+    let sessions = &config.cluster.sessions;
+    let store = ClusterStore::new(context.replica().clone(), sessions.max_bytes);
+    let ttl = tower_sessions::cookie::time::Duration::milliseconds(
+        i64::try_from(sessions.ttl.as_millis()).unwrap_or(i64::MAX),
+    );
+    let session_layer = SessionManagerLayer::new(store)
+        .with_name(sessions.cookie.clone())
+        .with_secure(false)
+        .with_expiry(Expiry::OnInactivity(ttl));
+    let api = SessionApi {
+        replica: context.replica().clone(),
+        default_ttl: sessions.ttl,
+        max_bytes: sessions.max_bytes,
+    };
+    let served_by = HeaderValue::from_str(&config.me.name).unwrap_or(HeaderValue::from_static("?"));
+    Router::new()
+        .merge(crate::session::api::router(api))
+        .merge(apps::demo::router(config.me.name.clone()).layer(session_layer))
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let served_by = served_by.clone();
+                async move {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static(SERVED_BY), served_by);
+                    response
+                }
+            },
+        ))
+}
+
 /// Runs a node until `shutdown` is cancelled, then leaves the cluster gracefully.
 pub async fn run(
     config: NodeConfig,
@@ -119,17 +220,44 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
     let events = EventLog::new();
-    let membership = Membership::start(&config, events.clone(), stop.clone(), &tasks).await?;
+    let peer_listener = TcpListener::bind(config.me.cluster)
+        .await
+        .map_err(|source| NodeError::PeerListener {
+            addr: config.me.cluster,
+            source,
+        })?;
+    let membership =
+        Arc::new(Membership::start(&config, events.clone(), stop.clone(), &tasks).await?);
+    let replica = match Replica::start(
+        &config,
+        membership.clone(),
+        events.clone(),
+        peer_listener,
+        stop.clone(),
+        &tasks,
+    )
+    .await
+    {
+        Ok(replica) => replica,
+        Err(err) => {
+            stop.cancel();
+            membership.leave().await;
+            tasks.close();
+            tasks.wait().await;
+            return Err(err.into());
+        }
+    };
     let http_addr = config.me.http;
     let name = config.me.name.clone();
     let context = NodeContext {
         inner: Arc::new(ContextInner {
             config,
             membership,
+            replica,
             events,
         }),
     };
-    let app = http::router(context.clone());
+    let app = http::router(context.clone()).merge(applications(&context));
     let http_stop = CancellationToken::new();
     let mut server = {
         let http_stop = http_stop.clone();
@@ -148,6 +276,7 @@ pub async fn run(
     if let Some(result) = served {
         // The server ended on its own: that is a failure, not a shutdown.
         stop.cancel();
+        context.replica().shutdown().await;
         tasks.close();
         tasks.wait().await;
         let source = match result {
@@ -162,7 +291,8 @@ pub async fn run(
     }
 
     info!(node = %name, "shutting down: leaving the cluster");
-    // Say "leaving" first so peers stop routing here, then finish in-flight requests, then stop gossip.
+    // Say "leaving" first so peers stop routing here, then finish in-flight requests, then stop
+    // Raft and gossip.
     context
         .membership()
         .set_status(proto::gossip::NodeStatus::Leaving)
@@ -177,10 +307,11 @@ pub async fn run(
             server.abort();
         }
     }
+    context.replica().shutdown().await;
     context.membership().leave().await;
     stop.cancel();
     tasks.close();
-    if tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
         .await
         .is_err()
     {

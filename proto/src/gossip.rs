@@ -14,6 +14,14 @@ pub const KEY_HTTP_ADDR: &str = "http";
 pub const KEY_STATUS: &str = "status";
 /// Key: the node's load report, a [`LoadReport`].
 pub const KEY_LOAD: &str = "load";
+/// Key: the node's Raft id (decimal `u64`), chosen once per data dir and never reused.
+pub const KEY_RAFT_ID: &str = "raft_id";
+/// Key: the node's Raft storage state: `pristine` (empty, may bootstrap) or `member`.
+pub const KEY_RAFT_STATE: &str = "raft";
+/// Value of [`KEY_RAFT_STATE`] for an empty Raft store.
+pub const RAFT_PRISTINE: &str = "pristine";
+/// Value of [`KEY_RAFT_STATE`] for a store that holds a log or a snapshot.
+pub const RAFT_MEMBER: &str = "member";
 
 /// What a node says about itself in gossip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

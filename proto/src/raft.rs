@@ -298,6 +298,9 @@ pub enum PeerRequest {
     InstallSnapshot(openraft::raft::InstallSnapshotRequest<TypeConfig>),
     /// A session write forwarded to the node believed to be the leader.
     ClientWrite(SessionCommand),
+    /// A follower asks the leader up to which index it must apply before serving a
+    /// linearizable read.
+    ReadIndex,
 }
 
 /// A peer RPC response, one per request, in order.
@@ -325,6 +328,11 @@ pub enum PeerResponse {
     },
     /// The request failed; the text says why.
     Error(String),
+    /// Answer to `ReadIndex`: the leader's read index, confirmed by a quorum.
+    ReadIndex {
+        /// Apply up to this log index before reading (`None`: nothing committed yet).
+        index: Option<u64>,
+    },
 }
 
 /// Largest frame body accepted or sent (64 MiB); snapshots are sent in smaller chunks.

@@ -285,6 +285,15 @@ fn peer_response_client_write() {
     );
 }
 
+#[test]
+fn peer_read_index() {
+    check_debug("peer_request_read_index", &PeerRequest::ReadIndex);
+    check_debug(
+        "peer_response_read_index",
+        &PeerResponse::ReadIndex { index: Some(42) },
+    );
+}
+
 /// Decodes `bytes` as every message type; only a panic fails.
 fn decode_everything(bytes: &[u8]) {
     let _ = proto::decode::<SessionCommand>(bytes);

@@ -708,6 +708,10 @@ fn bad_addresses_explain_themselves() {
             "127.0.0.1",
             "bad http address: expected IP:PORT such as 127.0.0.1:8081",
         ),
+        (
+            "0.0.0.0:8081",
+            "bad http address: 0.0.0.0 is not reachable by peers",
+        ),
         ("127.0.0.1:0", "bad http address: port 0 is not allowed"),
         (
             "127.0.0.1:70000",

@@ -651,6 +651,11 @@ pub(super) fn parse_socket_addr(raw: &str, example: &str) -> Result<SocketAddr, 
         Ok(addr) if addr.port() == 0 => {
             Err("port 0 is not allowed; every node needs a fixed port".to_owned())
         }
+        // Peers are given this address to reach the node, and nobody can reach 0.0.0.0.
+        Ok(addr) if addr.ip().is_unspecified() => Err(format!(
+            "{} is not reachable by peers; give this node's own address",
+            addr.ip()
+        )),
         Ok(addr) => Ok(addr),
         Err(_) => {
             let Some((host, port)) = text.rsplit_once(':') else {

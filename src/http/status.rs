@@ -80,6 +80,8 @@ pub struct RaftStatus {
 pub struct SessionsStatus {
     /// Live sessions in the replicated store.
     pub active: u64,
+    /// Sessions this node expired while it was the leader (each expiry is counted on one node only).
+    pub expired_total: u64,
 }
 
 /// The `balancer` object.

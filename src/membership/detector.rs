@@ -141,11 +141,7 @@ mod tests {
         let start = Instant::now();
         let mut history = HeartbeatHistory::new(0, start);
         for beat in 1..=50u64 {
-            history.observe(
-                beat,
-                start + Duration::from_millis(100 * beat),
-                &params,
-            );
+            history.observe(beat, start + Duration::from_millis(100 * beat), &params);
         }
         let last = start + Duration::from_millis(5000);
         assert!(

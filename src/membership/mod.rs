@@ -61,6 +61,8 @@ pub struct Membership {
 struct LocalState {
     status: NodeStatus,
     load: Option<LoadReport>,
+    raft_id: Option<u64>,
+    raft_pristine: Option<bool>,
 }
 
 impl Membership {
@@ -121,6 +123,8 @@ impl Membership {
         let local = Arc::new(std::sync::Mutex::new(LocalState {
             status: NodeStatus::Serving,
             load: None,
+            raft_id: None,
+            raft_pristine: None,
         }));
         let mut observer = Observer::new(config, generation, events, local.clone());
         let view = Arc::new(ArcSwap::from_pointee(observer.initial_view()));
@@ -204,6 +208,23 @@ impl Membership {
             .set(gossip::KEY_LOAD, load.to_string());
     }
 
+    /// Publishes this node's Raft id and whether its Raft store is still empty.
+    pub async fn set_raft(&self, raft_id: u64, pristine: bool) {
+        if let Ok(mut local) = self.local.lock() {
+            local.raft_id = Some(raft_id);
+            local.raft_pristine = Some(pristine);
+        }
+        let mut chitchat = self.chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        state.set(gossip::KEY_RAFT_ID, raft_id);
+        let word = if pristine {
+            gossip::RAFT_PRISTINE
+        } else {
+            gossip::RAFT_MEMBER
+        };
+        state.set(gossip::KEY_RAFT_STATE, word);
+    }
+
     /// Leaves gracefully: says `leaving`, gives the word two gossip rounds to spread, stops gossip.
     pub async fn leave(&self) {
         self.set_status(NodeStatus::Leaving).await;
@@ -225,6 +246,8 @@ struct Observed {
     status: Option<String>,
     load: Option<String>,
     wire_version: Option<String>,
+    raft_id: Option<String>,
+    raft_state: Option<String>,
 }
 
 async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
@@ -239,6 +262,8 @@ async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
             status: state.get(gossip::KEY_STATUS).map(str::to_string),
             load: state.get(gossip::KEY_LOAD).map(str::to_string),
             wire_version: state.get(gossip::KEY_WIRE_VERSION).map(str::to_string),
+            raft_id: state.get(gossip::KEY_RAFT_ID).map(str::to_string),
+            raft_state: state.get(gossip::KEY_RAFT_STATE).map(str::to_string),
         })
         .collect()
 }
@@ -260,6 +285,7 @@ struct Observer {
     histories: HashMap<ChitchatId, HeartbeatHistory>,
     tracked: BTreeMap<String, Tracked>,
     self_state: MemberState,
+    self_last: Option<MemberInfo>,
     version: u64,
     warned: HashSet<String>,
 }
@@ -286,6 +312,7 @@ impl Observer {
             histories: HashMap::new(),
             tracked: BTreeMap::new(),
             self_state: MemberState::Up,
+            self_last: None,
             version: 0,
             warned: HashSet::new(),
         }
@@ -296,11 +323,11 @@ impl Observer {
     }
 
     fn self_info(&mut self) -> MemberInfo {
-        let (status, load) = self
+        let (status, load, raft_id, raft_pristine) = self
             .local
             .lock()
-            .map(|local| (local.status, local.load))
-            .unwrap_or((NodeStatus::Serving, None));
+            .map(|local| (local.status, local.load, local.raft_id, local.raft_pristine))
+            .unwrap_or((NodeStatus::Serving, None, None, None));
         let state = match status {
             NodeStatus::Serving => MemberState::Up,
             NodeStatus::Draining => MemberState::Draining,
@@ -337,6 +364,8 @@ impl Observer {
             is_self: true,
             wire_version: Some(gossip::WIRE_VERSION),
             load,
+            raft_id,
+            raft_pristine,
         }
     }
 
@@ -362,8 +391,13 @@ impl Observer {
                 .push(node);
         }
 
-        let mut structural = false;
-        let mut members = vec![self.self_info()];
+        let me = self.self_info();
+        let mut structural = self.self_last.as_ref().is_none_or(|last| {
+            (last.state, last.raft_id, last.raft_pristine)
+                != (me.state, me.raft_id, me.raft_pristine)
+        });
+        self.self_last = Some(me.clone());
+        let mut members = vec![me];
         for (name, incarnations) in by_name {
             let Some(info) = self.judge(&name, &incarnations, now) else {
                 continue;
@@ -388,6 +422,8 @@ impl Observer {
                 is_self: false,
                 wire_version: None,
                 load: None,
+                raft_id: None,
+                raft_pristine: None,
             });
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -475,6 +511,12 @@ impl Observer {
             is_self: false,
             wire_version,
             load: chosen.load.as_deref().and_then(|load| load.parse().ok()),
+            raft_id: chosen.raft_id.as_deref().and_then(|id| id.parse().ok()),
+            raft_pristine: match chosen.raft_state.as_deref() {
+                Some(gossip::RAFT_PRISTINE) => Some(true),
+                Some(gossip::RAFT_MEMBER) => Some(false),
+                _ => None,
+            },
         })
     }
 
@@ -550,6 +592,8 @@ impl Observer {
             || previous.generation != info.generation
             || previous.http_addr != info.http_addr
             || previous.cluster_addr != info.cluster_addr
+            || previous.raft_id != info.raft_id
+            || previous.raft_pristine != info.raft_pristine
     }
 
     fn tracked_liveness_reason(&self, info: &MemberInfo) -> Option<String> {

@@ -56,6 +56,10 @@ pub struct MemberInfo {
     pub wire_version: Option<u32>,
     /// Its last published load report.
     pub load: Option<LoadReport>,
+    /// Its Raft id, once published.
+    pub raft_id: Option<u64>,
+    /// Whether its Raft store is empty (`Some(true)`), holds state (`Some(false)`), or is unknown.
+    pub raft_pristine: Option<bool>,
 }
 
 impl MemberInfo {
@@ -81,6 +85,13 @@ impl MembershipView {
             .binary_search_by(|member| member.name.as_str().cmp(name))
             .ok()
             .map(|index| &self.members[index])
+    }
+
+    /// The member publishing Raft id `raft_id`.
+    pub fn by_raft_id(&self, raft_id: u64) -> Option<&MemberInfo> {
+        self.members
+            .iter()
+            .find(|member| member.raft_id == Some(raft_id))
     }
 
     /// Members that take new work, in name order.

@@ -1,0 +1,3 @@
+//! Applications served by every node.
+
+pub mod demo;

@@ -1,0 +1,660 @@
+//! The durable Raft log: openraft's `RaftLogStorage` on top of the `raft-log` crate.
+//!
+//! `raft-log` keeps a chunked write-ahead log (`<data_dir>/raft-log/r-*.wal`) whose records each
+//! carry a CRC-32. Writes go to an in-memory buffer; `flush(true, callback)` hands them to a
+//! background worker thread that writes, fsyncs, then calls the callback. Every method here that
+//! openraft treats as durable (append, vote, truncate, purge) is acknowledged only after that
+//! fsync, with one flush per call: a batch of entries costs one fsync, not one per entry.
+//!
+//! Damage found on open:
+//! - a torn tail (the last record cut short by a crash, or zero-filled by the file system) is
+//!   cut off by `raft-log` itself, so the log reopens at the last complete record — those tail
+//!   entries were never acknowledged, because acknowledgement waits for the fsync (damage
+//!   inside the very last record can look the same, and is treated the same);
+//! - anything else (a checksum mismatch, garbage after a bad record, a record of unknown type,
+//!   a gap between chunk files) fails [`LogStore::open`] with an error naming the directory.
+//!
+//! Each payload starts with its length and the length's bitwise complement, so a damaged length
+//! is reported as damage instead of being taken for a torn tail (which would silently drop every
+//! later record). Entries read back are checked against the log id they are stored under.
+//!
+//! `raft-log` refuses appends that do not follow the last entry. openraft truncates before it
+//! overwrites, so in a running node appends always follow; for the cases its conformance suite
+//! exercises, an append skips entries at or below the purge point (already in the snapshot) and
+//! one that starts inside the log replaces the log from that index.
+
+use std::fmt::Debug;
+use std::io::{self, Read};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    AnyError, CommittedLeaderId, LeaderId, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError,
+};
+use proto::raft::{Entry, LogId, TypeConfig, Vote};
+use raft_log::api::raft_log_writer::RaftLogWriter;
+use raft_log::codeq::{Decode, Encode};
+use raft_log::{RaftLog, Types};
+use tokio::sync::oneshot;
+
+use super::RaftStorageError;
+
+/// Largest encoded log entry accepted when reading the log back (a damaged length beyond it is
+/// damage, not a reason to allocate). The HTTP layer keeps session data far below this.
+const MAX_ENTRY_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Chunk files are closed at this size, so purged prefixes can be deleted file by file.
+const CHUNK_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Read buffer used while replaying chunk files on open.
+const REPLAY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// In-memory cache of recent payloads; older entries are read back from the chunk files.
+const PAYLOAD_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The Raft log of one node, durable under `<data_dir>/raft-log/`.
+///
+/// Cheap to clone: clones share the same open log (openraft uses a clone as its log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    log: Arc<Mutex<RaftLog<WalTypes>>>,
+    dir: Arc<PathBuf>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, replaying it; see the module docs for damage.
+    pub fn open(dir: &Path) -> Result<Self, RaftStorageError> {
+        std::fs::create_dir_all(dir).map_err(|source| RaftStorageError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut config = raft_log::Config::new(dir.display());
+        config.wal.chunk_max_size = Some(CHUNK_MAX_BYTES);
+        config.wal.read_buffer_size = Some(REPLAY_BUFFER_BYTES);
+        config.wal.truncate_incomplete_record = Some(true);
+        config.log_cache_capacity = Some(PAYLOAD_CACHE_BYTES);
+        let log = RaftLog::<WalTypes>::open(Arc::new(config)).map_err(|source| {
+            RaftStorageError::OpenLog {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(LogStore {
+            log: Arc::new(Mutex::new(log)),
+            dir: Arc::new(dir.to_path_buf()),
+        })
+    }
+
+    /// The directory holding the chunk files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True when this node has never voted nor held a log entry (a fresh data dir).
+    pub fn is_pristine(&self) -> io::Result<bool> {
+        let log = self.lock()?;
+        let state = log.log_state();
+        Ok(state.vote().is_none() && state.last().is_none() && state.purged().is_none())
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, RaftLog<WalTypes>>, io::Error> {
+        // A poisoned lock means a panic inside raft-log while it changed its state: refuse to
+        // go on with that state rather than serve what it holds.
+        self.log
+            .lock()
+            .map_err(|_| io::Error::other("raft log lock poisoned by an earlier panic"))
+    }
+
+    /// Queues a synced flush and waits for the fsync.
+    async fn flush_and_wait(&self) -> Result<(), io::Error> {
+        let (tx, rx) = oneshot::channel();
+        self.lock()?.flush(true, Some(FlushDone::Notify(tx)))?;
+        rx.await
+            .map_err(|_| io::Error::other("raft log flush worker stopped"))?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<u64>> {
+        let start = match range.start_bound() {
+            Bound::Included(&n) => n,
+            Bound::Excluded(&n) => n.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&n) => n.saturating_add(1),
+            Bound::Excluded(&n) => n,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let log = self.lock().map_err(|e| StorageIOError::read_logs(&e))?;
+        let mut entries = Vec::new();
+        for item in log.read(start, end) {
+            let (log_id, payload) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let entry: Entry = proto::decode(&payload.0)
+                .map_err(|e| StorageIOError::read_log_entry(log_id.0, &e))?;
+            if entry.log_id != log_id.0 {
+                return Err(StorageIOError::read_log_entry(
+                    log_id.0,
+                    AnyError::error(format!(
+                        "entry stored under {} claims log id {}",
+                        log_id.0, entry.log_id
+                    )),
+                )
+                .into());
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let log = self.lock().map_err(|e| StorageIOError::read_logs(&e))?;
+        let state = log.log_state();
+        Ok(LogState {
+            last_purged_log_id: state.purged().map(|id| id.0),
+            last_log_id: state.last().map(|id| id.0),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<u64>> {
+        self.lock()
+            .and_then(|mut log| log.save_vote(WalVote(*vote)).map(drop))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flush_and_wait()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
+        let log = self.lock().map_err(|e| StorageIOError::read_vote(&e))?;
+        Ok(log.log_state().vote().map(|v| v.0))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
+        // The committed id only lets a restart re-apply sooner; it is written without its own
+        // fsync (the next append's fsync carries it) and a refusal is not fatal.
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let result = self.lock().and_then(|mut log| {
+            log.commit(WalLogId(committed))?;
+            log.flush(false, None)
+        });
+        if let Err(e) = result {
+            tracing::warn!(log_dir = %self.dir.display(), %committed, error = %e, "cannot record committed log id");
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
+        let log = self.lock().map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(log.log_state().committed().map(|id| id.0))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Encode before taking the lock, so readers wait only for the buffer copy.
+        let records: Vec<(WalLogId, WalPayload)> = entries
+            .into_iter()
+            .map(|entry| (WalLogId(entry.log_id), WalPayload(proto::encode(&entry))))
+            .collect();
+        let mut log = self.lock().map_err(|e| StorageIOError::write_logs(&e))?;
+        let state = log.log_state();
+        let purged_index = state.purged().map(|id| id.0.index);
+        let last_index = state.last().map(|id| id.0.index);
+        // Entries at or below the purge point are committed and already in the snapshot.
+        let mut records = records
+            .into_iter()
+            .filter(|(id, _)| purged_index.is_none_or(|purged| id.0.index > purged))
+            .peekable();
+        // openraft truncates before it overwrites; an append that starts inside the log
+        // replaces the log from there, as a plain map-backed store would.
+        if let Some((first, _)) = records.peek()
+            && last_index.is_some_and(|last| first.0.index <= last)
+        {
+            log.truncate(first.0.index)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
+        log.append(records)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // One synced flush per call; openraft learns of durability through the callback.
+        log.flush(true, Some(FlushDone::Appended(callback)))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        {
+            let mut log = self.lock().map_err(|e| StorageIOError::write_logs(&e))?;
+            let last_index = log.log_state().last().map(|id| id.0.index);
+            if last_index.is_none_or(|last| log_id.index > last) {
+                return Ok(());
+            }
+            log.truncate(log_id.index)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
+        self.flush_and_wait()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        self.lock()
+            .and_then(|mut log| log.purge(WalLogId(log_id)).map(drop))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush_and_wait()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+/// The types `raft-log` stores for us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WalTypes;
+
+impl Types for WalTypes {
+    type LogId = WalLogId;
+    type LogPayload = WalPayload;
+    type Vote = WalVote;
+    type Callback = FlushDone;
+    type UserData = ();
+
+    fn log_index(log_id: &WalLogId) -> u64 {
+        log_id.0.index
+    }
+
+    fn payload_size(payload: &WalPayload) -> u64 {
+        payload.0.len() as u64
+    }
+}
+
+/// A log id on disk: term, node id, index; 24 bytes big-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WalLogId(LogId);
+
+impl Encode for WalLogId {
+    fn encode<W: io::Write>(&self, mut w: W) -> Result<usize, io::Error> {
+        w.write_all(&self.0.leader_id.term.to_be_bytes())?;
+        w.write_all(&self.0.leader_id.node_id.to_be_bytes())?;
+        w.write_all(&self.0.index.to_be_bytes())?;
+        Ok(24)
+    }
+}
+
+impl Decode for WalLogId {
+    fn decode<R: io::Read>(mut r: R) -> Result<Self, io::Error> {
+        let term = read_u64(&mut r)?;
+        let node_id = read_u64(&mut r)?;
+        let index = read_u64(&mut r)?;
+        Ok(WalLogId(LogId::new(
+            CommittedLeaderId::new(term, node_id),
+            index,
+        )))
+    }
+}
+
+/// A vote on disk: term, node id (16 bytes big-endian), then 1 if committed else 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalVote(Vote);
+
+impl PartialOrd for WalVote {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.0.partial_cmp(&other.0)
+    }
+}
+
+impl Encode for WalVote {
+    fn encode<W: io::Write>(&self, mut w: W) -> Result<usize, io::Error> {
+        w.write_all(&self.0.leader_id.term.to_be_bytes())?;
+        w.write_all(&self.0.leader_id.node_id.to_be_bytes())?;
+        w.write_all(&[u8::from(self.0.committed)])?;
+        Ok(17)
+    }
+}
+
+impl Decode for WalVote {
+    fn decode<R: io::Read>(mut r: R) -> Result<Self, io::Error> {
+        let term = read_u64(&mut r)?;
+        let node_id = read_u64(&mut r)?;
+        let mut flag = [0u8; 1];
+        r.read_exact(&mut flag)?;
+        let committed = match flag[0] {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("vote committed flag is {other}, not 0 or 1"),
+                ));
+            }
+        };
+        Ok(WalVote(Vote {
+            leader_id: LeaderId::new(term, node_id),
+            committed,
+        }))
+    }
+}
+
+/// A postcard-encoded [`Entry`] on disk: length (u32 BE), the length's complement (u32 BE),
+/// then the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WalPayload(Vec<u8>);
+
+impl Encode for WalPayload {
+    fn encode<W: io::Write>(&self, mut w: W) -> Result<usize, io::Error> {
+        let len = u32::try_from(self.0.len())
+            .ok()
+            .filter(|len| *len <= MAX_ENTRY_BYTES)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "log entry of {} bytes exceeds {MAX_ENTRY_BYTES}",
+                        self.0.len()
+                    ),
+                )
+            })?;
+        w.write_all(&len.to_be_bytes())?;
+        w.write_all(&(!len).to_be_bytes())?;
+        w.write_all(&self.0)?;
+        Ok(8 + self.0.len())
+    }
+}
+
+impl Decode for WalPayload {
+    fn decode<R: io::Read>(mut r: R) -> Result<Self, io::Error> {
+        let mut header = [0u8; 8];
+        r.read_exact(&mut header)?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let guard = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        // InvalidData (not UnexpectedEof) makes raft-log report damage instead of cutting the
+        // log here as if it were a torn tail.
+        if guard != !len || len > MAX_ENTRY_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("damaged log entry length {len:#010x} (guard {guard:#010x})"),
+            ));
+        }
+        let mut bytes = Vec::new();
+        (&mut r).take(u64::from(len)).read_to_end(&mut bytes)?;
+        if bytes.len() != len as usize {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(WalPayload(bytes))
+    }
+}
+
+fn read_u64<R: io::Read>(mut r: R) -> Result<u64, io::Error> {
+    let mut bytes = [0u8; 8];
+    r.read_exact(&mut bytes)?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Who is told when a flush reaches the disk.
+pub(crate) enum FlushDone {
+    /// openraft, for an `append`.
+    Appended(LogFlushed<TypeConfig>),
+    /// A task of ours waiting for a vote, truncate or purge to be durable.
+    Notify(oneshot::Sender<io::Result<()>>),
+}
+
+impl raft_log::Callback for FlushDone {
+    fn send(self, result: Result<(), io::Error>) {
+        match self {
+            FlushDone::Appended(callback) => callback.log_io_completed(result),
+            FlushDone::Notify(tx) => {
+                // The waiter may have been cancelled; nothing else to tell.
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+
+    use openraft::EntryPayload;
+    use openraft::storage::RaftLogStorageExt;
+    use proto::raft::{SessionCommand, SessionId};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(SessionCommand::Create {
+                id: SessionId::from_bytes([index as u8; 16]),
+                data: format!(r#"{{"n":{index}}}"#),
+                ttl_ms: 60_000,
+                now_ms: 1_000 + index,
+            }),
+        }
+    }
+
+    async fn write_entries(dir: &Path, indexes: std::ops::RangeInclusive<u64>) {
+        let mut store = LogStore::open(dir).expect("open");
+        store
+            .save_vote(&Vote::new_committed(1, 1))
+            .await
+            .expect("vote");
+        for index in indexes {
+            store
+                .blocking_append([entry(1, index)])
+                .await
+                .expect("append");
+        }
+    }
+
+    async fn read_all(store: &mut LogStore) -> Vec<Entry> {
+        store.try_get_log_entries(..).await.expect("read")
+    }
+
+    fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("list log dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn entries_vote_and_committed_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_entries(dir.path(), 1..=20).await;
+        {
+            let mut store = LogStore::open(dir.path()).expect("reopen");
+            assert!(!store.is_pristine().expect("pristine"));
+            store
+                .save_committed(Some(entry(1, 15).log_id))
+                .await
+                .expect("commit");
+            store.truncate(entry(1, 18).log_id).await.expect("truncate");
+            store.purge(entry(1, 3).log_id).await.expect("purge");
+        }
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.read_vote().await.expect("vote"),
+            Some(Vote::new_committed(1, 1))
+        );
+        assert_eq!(
+            store.read_committed().await.expect("committed"),
+            Some(entry(1, 15).log_id)
+        );
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(entry(1, 17).log_id));
+        assert_eq!(state.last_purged_log_id, Some(entry(1, 3).log_id));
+        let entries = read_all(&mut store).await;
+        let expected: Vec<Entry> = (4..=17).map(|i| entry(1, i)).collect();
+        assert_eq!(entries, expected);
+        let (from, to) = (10, 5);
+        assert!(
+            store
+                .try_get_log_entries(from..to)
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+        assert_eq!(
+            store.try_get_log_entries(5..=6).await.expect("two").len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn fresh_store_is_pristine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path()).expect("open");
+        assert!(store.is_pristine().expect("pristine"));
+    }
+
+    #[tokio::test]
+    async fn second_open_of_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = LogStore::open(dir.path()).expect("open");
+        let err = LogStore::open(dir.path()).expect_err("locked");
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[tokio::test]
+    async fn torn_tail_recovers_to_last_complete_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_entries(dir.path(), 1..=10).await;
+        let last_chunk = chunk_files(dir.path()).pop().expect("a chunk file");
+        let len = std::fs::metadata(&last_chunk).expect("stat").len();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&last_chunk)
+            .expect("open chunk");
+        file.set_len(len - 3).expect("truncate chunk");
+        drop(file);
+
+        let mut store = LogStore::open(dir.path()).expect("torn tail is recovered");
+        let entries = read_all(&mut store).await;
+        let expected: Vec<Entry> = (1..=9).map(|i| entry(1, i)).collect();
+        assert_eq!(entries, expected, "exactly the complete entries survive");
+        assert_eq!(
+            store.get_log_state().await.expect("state").last_log_id,
+            Some(entry(1, 9).log_id)
+        );
+        // The recovered log accepts the next entry in place of the torn one.
+        store.blocking_append([entry(2, 10)]).await.expect("append");
+        drop(store);
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(read_all(&mut store).await.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn damage_anywhere_is_an_error_or_exact_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_entries(dir.path(), 1..=10).await;
+        let chunk = chunk_files(dir.path()).pop().expect("a chunk file");
+        let original = std::fs::read(&chunk).expect("read chunk");
+        let expected: Vec<Entry> = (1..=10).map(|i| entry(1, i)).collect();
+        let last_record_len = {
+            let mut bytes = Vec::new();
+            WalPayload(proto::encode(&entry(1, 10)))
+                .encode(&mut bytes)
+                .expect("encode");
+            bytes.len() + 4 + 24 + 4 // type, log id, checksum
+        };
+        let before_last_record = original.len() - last_record_len;
+
+        // Flip each byte in turn (one at a time) and reopen.
+        for at in 0..original.len() {
+            let mut damaged = original.clone();
+            damaged[at] ^= 0x5a;
+            std::fs::write(&chunk, &damaged).expect("write damaged chunk");
+            match LogStore::open(dir.path()) {
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+                }
+                Ok(mut store) => {
+                    // Damage before the last record must be reported, never mistaken for a
+                    // torn tail that silently drops acknowledged entries.
+                    assert!(
+                        at >= before_last_record,
+                        "flip at {at} (of {}) was not reported",
+                        original.len()
+                    );
+                    // Whatever is served must be exactly a prefix of what was written.
+                    let entries = read_all(&mut store).await;
+                    assert!(
+                        expected.starts_with(&entries),
+                        "flip at {at} served entries that were never written"
+                    );
+                }
+            }
+        }
+        std::fs::write(&chunk, &original).expect("restore chunk");
+        let mut store = LogStore::open(dir.path()).expect("undamaged log opens");
+        assert_eq!(read_all(&mut store).await, expected);
+    }
+
+    #[test]
+    fn damaged_payload_length_is_damage_not_a_torn_tail() {
+        let mut bytes = Vec::new();
+        WalPayload(vec![1, 2, 3])
+            .encode(&mut bytes)
+            .expect("encode");
+        assert_eq!(
+            WalPayload::decode(&bytes[..]).expect("decode"),
+            WalPayload(vec![1, 2, 3])
+        );
+        let mut damaged = bytes.clone();
+        damaged[1] ^= 0x10;
+        let err = WalPayload::decode(&damaged[..]).expect_err("damaged");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let err = WalPayload::decode(&bytes[..bytes.len() - 1]).expect_err("short");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn vote_and_log_id_codecs_round_trip() {
+        for vote in [Vote::new(3, 7), Vote::new_committed(u64::MAX, 0)] {
+            let mut bytes = Vec::new();
+            WalVote(vote).encode(&mut bytes).expect("encode");
+            assert_eq!(WalVote::decode(&bytes[..]).expect("decode").0, vote);
+        }
+        let id = entry(9, 42).log_id;
+        let mut bytes = Vec::new();
+        WalLogId(id).encode(&mut bytes).expect("encode");
+        assert_eq!(WalLogId::decode(&bytes[..]).expect("decode").0, id);
+    }
+}

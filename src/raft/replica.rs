@@ -1,0 +1,749 @@
+//! This node's member of the Raft group: bootstrap, membership reconciliation, writes forwarded to the
+//! leader, linearizable reads, leader-decided expiry and coalesced access times.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use proto::raft::{
+    CommandResponse, Hello, LogId, NodeId, PEER_WIRE_VERSION, PeerNode, PeerRequest, PeerResponse,
+    SessionCommand, SessionId, TypeConfig,
+};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::network::{Network, PeerClient, PeerHandler};
+use super::state_machine::SessionReader;
+use super::{RaftStorageError, open_storage};
+use crate::config::NodeConfig;
+use crate::events::{EventKind, EventLog, now_ms};
+use crate::membership::{MemberState, Membership};
+
+/// File in the data dir holding this node's Raft id.
+const NODE_ID_FILE: &str = "node-id";
+/// How long a write or a read waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// Timeout of one forwarded request.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A voter down this long is replaced, if a quorum remains without it.
+const VOTER_REMOVAL_GRACE: Duration = Duration::from_secs(30);
+/// Entries between snapshots.
+const SNAPSHOT_EVERY: u64 = 5_000;
+/// Entries kept in the log behind a snapshot, so briefly absent followers catch up from the log.
+const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
+/// How often the leader looks for expired sessions, and how many it expires per entry.
+const EXPIRY_EVERY: Duration = Duration::from_millis(500);
+const EXPIRY_BATCH: usize = 1_000;
+/// How often access times are flushed as one `Touch` entry.
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The data dir could not be used.
+    #[error("data dir {path}: {reason}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Log or snapshot could not be opened.
+    #[error(transparent)]
+    Storage(#[from] RaftStorageError),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write or a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    /// No leader could be reached in time.
+    #[error("no Raft leader reachable within {0:?}")]
+    NoLeader(Duration),
+    /// The write was sent but its outcome is unknown (the leader failed mid-request).
+    #[error("write outcome unknown: {0}")]
+    Unknown(String),
+    /// The node is shutting down or Raft stopped.
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+}
+
+/// This node's Raft member.
+pub struct Replica {
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    reader: SessionReader,
+    client: PeerClient,
+    touches: Mutex<HashMap<SessionId, u64>>,
+    expired_total: AtomicU64,
+}
+
+/// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
+fn node_id(data_dir: &Path, pristine: bool) -> Result<NodeId, ReplicaError> {
+    let path = data_dir.join(NODE_ID_FILE);
+    let err = |reason: String| ReplicaError::DataDir {
+        path: data_dir.to_path_buf(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<NodeId>().map_err(|_| {
+            err(format!(
+                "{NODE_ID_FILE} holds {:?}, not a node id",
+                text.trim()
+            ))
+        }),
+        Err(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            if !pristine {
+                return Err(err(format!(
+                    "{NODE_ID_FILE} is missing but the Raft log is not empty; refusing to guess this node's identity"
+                )));
+            }
+            let id = loop {
+                let id: u64 = rand_u64();
+                if id != 0 {
+                    break id;
+                }
+            };
+            let temp = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&temp)?;
+                file.write_all(format!("{id}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|io| err(format!("cannot write {NODE_ID_FILE}: {io}")))?;
+            Ok(id)
+        }
+        Err(io) => Err(err(format!("cannot read {NODE_ID_FILE}: {io}"))),
+    }
+}
+
+fn rand_u64() -> u64 {
+    let bytes = *SessionId::generate().as_bytes();
+    let mut half = [0u8; 8];
+    half.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(half)
+}
+
+fn peer_node(name: &str, cluster: SocketAddr, http: SocketAddr) -> PeerNode {
+    PeerNode {
+        name: name.to_string(),
+        cluster_addr: cluster.to_string(),
+        http_addr: http.to_string(),
+    }
+}
+
+impl Replica {
+    /// Opens the store in the node's data dir, starts Raft, serves peers on `peer_listener`, and
+    /// spawns bootstrap, reconciliation, expiry and access-time tasks.
+    pub async fn start(
+        config: &NodeConfig,
+        membership: Arc<Membership>,
+        events: EventLog,
+        peer_listener: TcpListener,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Arc<Replica>, ReplicaError> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|io| ReplicaError::DataDir {
+            path: data_dir.clone(),
+            reason: format!("cannot create: {io}"),
+        })?;
+        let (log_store, state_machine) = open_storage(data_dir)?;
+        let reader = state_machine.reader();
+        let pristine = log_store
+            .is_pristine()
+            .map_err(|err| ReplicaError::Raft(err.to_string()))?
+            && reader.last_applied().is_none();
+        let id = node_id(data_dir, pristine)?;
+        let raft_config = &config.cluster.raft;
+        let election_ms = raft_config.election_timeout.as_millis() as u64;
+        let openraft_config = Config {
+            cluster_name: config.cluster.cluster_id.clone(),
+            heartbeat_interval: raft_config.heartbeat.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms + election_ms / 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            max_payload_entries: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let client = PeerClient::new(&config.cluster.cluster_id, &config.me.name);
+        let raft = Raft::new(
+            id,
+            Arc::new(openraft_config),
+            Network::new(client.clone()),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let replica = Arc::new(Replica {
+            raft,
+            id,
+            reader,
+            client,
+            touches: Mutex::new(HashMap::new()),
+            expired_total: AtomicU64::new(0),
+        });
+        info!(node = %config.me.name, raft_id = id, pristine, "raft store opened in {}", data_dir.display());
+
+        let hello = Hello {
+            wire_version: PEER_WIRE_VERSION,
+            cluster_id: config.cluster.cluster_id.clone(),
+            from_name: config.me.name.clone(),
+        };
+        tasks.spawn(super::network::serve(
+            peer_listener,
+            replica.clone(),
+            hello,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        membership.set_raft(id, pristine).await;
+
+        tasks.spawn(bootstrap(
+            replica.clone(),
+            membership.clone(),
+            config.clone(),
+            pristine,
+            shutdown.clone(),
+        ));
+        tasks.spawn(watch_raft(
+            replica.clone(),
+            membership.clone(),
+            events,
+            shutdown.clone(),
+        ));
+        tasks.spawn(reconcile(
+            replica.clone(),
+            membership,
+            config.cluster.raft.voters,
+            shutdown.clone(),
+        ));
+        tasks.spawn(expire_sessions(replica.clone(), shutdown.clone()));
+        tasks.spawn(flush_touches(replica.clone(), shutdown));
+        Ok(replica)
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Read access to the applied sessions.
+    pub fn reader(&self) -> &SessionReader {
+        &self.reader
+    }
+
+    /// Sessions this node expired while leader.
+    pub fn expired_total(&self) -> u64 {
+        self.expired_total.load(Ordering::Relaxed)
+    }
+
+    /// Current Raft metrics.
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, PeerNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether a leader is known and this node applied everything committed as far as it knows.
+    pub fn readiness(&self) -> Result<(), String> {
+        let metrics = self.metrics();
+        let Some(leader) = metrics.current_leader else {
+            return Err("no Raft leader yet".to_string());
+        };
+        let applied = metrics.last_applied.map(|log_id| log_id.index);
+        if leader != self.id && applied.is_none() {
+            return Err("nothing applied from the leader yet".to_string());
+        }
+        Ok(())
+    }
+
+    /// Notes that a session was read or used; flushed as one `Touch` entry per second.
+    pub fn touch(&self, id: SessionId) {
+        let mut touches = self.touches.lock().unwrap_or_else(PoisonError::into_inner);
+        touches.insert(id, now_ms());
+    }
+
+    /// Commits a command through the leader (forwarding if needed) and waits until this node applied it,
+    /// so a read here right after sees it.
+    pub async fn write(
+        &self,
+        command: SessionCommand,
+    ) -> Result<(LogId, CommandResponse), ConsensusError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = match self.raft.client_write(command.clone()).await {
+                Ok(response) => return Ok((response.log_id, response.data)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
+                Err(RaftError::APIError(other)) => {
+                    return Err(ConsensusError::Unknown(other.to_string()));
+                }
+                Err(RaftError::Fatal(fatal)) => {
+                    return Err(ConsensusError::Stopped(fatal.to_string()));
+                }
+            };
+            if let Some(addr) = leader_addr(&leader) {
+                match self
+                    .client
+                    .call(
+                        addr,
+                        &PeerRequest::ClientWrite(command.clone()),
+                        FORWARD_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(PeerResponse::ClientWrite { log_id, response }) => {
+                        self.wait_applied(log_id.index).await;
+                        return Ok((log_id, response));
+                    }
+                    Ok(PeerResponse::ForwardToLeader { .. }) => {}
+                    Ok(PeerResponse::Error(text)) => return Err(ConsensusError::Unknown(text)),
+                    Ok(other) => {
+                        return Err(ConsensusError::Unknown(format!(
+                            "unexpected answer to a forwarded write: {other:?}"
+                        )));
+                    }
+                    // Nothing was sent: safe to try again once a leader is known.
+                    Err(err) if err.is_unreachable() => {
+                        debug!(error = %err, "leader unreachable; retrying");
+                        self.client.forget(addr);
+                    }
+                    Err(err) => return Err(ConsensusError::Unknown(err.to_string())),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ConsensusError::NoLeader(LEADER_WAIT));
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// Waits until a read here observes every write acknowledged before the call (read index through
+    /// the leader).
+    pub async fn linearizable_barrier(&self) -> Result<(), ConsensusError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let forward = match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    Some(forward)
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
+                Err(RaftError::Fatal(fatal)) => {
+                    return Err(ConsensusError::Stopped(fatal.to_string()));
+                }
+            };
+            if let Some(addr) = forward.as_ref().and_then(leader_addr) {
+                match self
+                    .client
+                    .call(addr, &PeerRequest::ReadIndex, FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(PeerResponse::ReadIndex { index }) => {
+                        if let Some(index) = index {
+                            self.wait_applied(index).await;
+                        }
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        debug!(error = %err, "read index from leader failed; retrying");
+                        self.client.forget(addr);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ConsensusError::NoLeader(LEADER_WAIT));
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) {
+        let _ = self
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .applied_index_at_least(Some(index), "read your writes")
+            .await;
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.raft.shutdown().await {
+            warn!(error = %err, "raft did not stop cleanly");
+        }
+    }
+}
+
+fn leader_addr(forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
+    forward
+        .leader_node
+        .as_ref()
+        .and_then(|node| node.cluster_addr.parse().ok())
+}
+
+impl PeerHandler for Replica {
+    async fn handle(&self, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::AppendEntries(rpc) => match self.raft.append_entries(rpc).await {
+                Ok(response) => PeerResponse::AppendEntries(response),
+                Err(err) => PeerResponse::Error(err.to_string()),
+            },
+            PeerRequest::Vote(rpc) => match self.raft.vote(rpc).await {
+                Ok(response) => PeerResponse::Vote(response),
+                Err(err) => PeerResponse::Error(err.to_string()),
+            },
+            PeerRequest::InstallSnapshot(rpc) => match self.raft.install_snapshot(rpc).await {
+                Ok(response) => PeerResponse::InstallSnapshot(response),
+                Err(err) => PeerResponse::Error(err.to_string()),
+            },
+            PeerRequest::ClientWrite(command) => match self.raft.client_write(command).await {
+                Ok(response) => PeerResponse::ClientWrite {
+                    log_id: response.log_id,
+                    response: response.data,
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    PeerResponse::ForwardToLeader {
+                        leader_id: forward.leader_id,
+                        leader_node: forward.leader_node,
+                    }
+                }
+                Err(err) => PeerResponse::Error(err.to_string()),
+            },
+            PeerRequest::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _)) => PeerResponse::ReadIndex {
+                    index: read_log_id.map(|log_id| log_id.index),
+                },
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    PeerResponse::ForwardToLeader {
+                        leader_id: forward.leader_id,
+                        leader_node: forward.leader_node,
+                    }
+                }
+                Err(err) => PeerResponse::Error(err.to_string()),
+            },
+        }
+    }
+}
+
+/// Founders with empty stores initialize the group once every founder is seen empty, all with the
+/// identical founder set. Never from a partial view: a founder that never appears blocks bootstrap.
+async fn bootstrap(
+    replica: Arc<Replica>,
+    membership: Arc<Membership>,
+    config: NodeConfig,
+    pristine: bool,
+    shutdown: CancellationToken,
+) {
+    if !pristine {
+        return;
+    }
+    let alone = config.cluster.nodes.is_empty() && config.seeds.is_empty();
+    if alone {
+        let members = BTreeMap::from([(
+            replica.id,
+            peer_node(&config.me.name, config.me.cluster, config.me.http),
+        )]);
+        if let Err(err) = replica.raft.initialize(members).await {
+            warn!(error = %err, "cannot initialize a cluster of one");
+        } else {
+            info!("initialized Raft as a cluster of one");
+        }
+        return;
+    }
+    if !config.founder {
+        // Joiners wait for the leader to add them as learners.
+        return;
+    }
+    let mut changes = membership.changes();
+    loop {
+        if replica.raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        let view = membership.view();
+        let mut founders = BTreeMap::new();
+        let mut someone_initialized = false;
+        for founder in &config.cluster.nodes {
+            let Some(member) = view.member(&founder.name) else {
+                break;
+            };
+            if member.raft_pristine == Some(false) {
+                someone_initialized = true;
+            }
+            if member.state != MemberState::Up || member.raft_pristine != Some(true) {
+                continue;
+            }
+            if let (Some(id), Some(http)) = (member.raft_id, member.http_addr) {
+                founders.insert(id, peer_node(&member.name, member.cluster_addr, http));
+            }
+        }
+        if someone_initialized {
+            info!(
+                "another founder already initialized Raft; waiting to be contacted by the leader"
+            );
+            return;
+        }
+        if founders.len() == config.cluster.nodes.len() {
+            let names: Vec<&str> = founders.values().map(|node| node.name.as_str()).collect();
+            match replica.raft.initialize(founders.clone()).await {
+                Ok(()) => info!(founders = ?names, "initialized Raft with every founder"),
+                Err(err) => debug!(error = %err, "initialize refused (already initialized)"),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Publishes `raft=member` once the store holds state, and records leader changes as events.
+async fn watch_raft(
+    replica: Arc<Replica>,
+    membership: Arc<Membership>,
+    events: EventLog,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = replica.raft.metrics();
+    let mut published_member = false;
+    let mut leader: Option<NodeId> = None;
+    loop {
+        let (current_leader, term, has_state, leader_name) = {
+            let m = metrics.borrow_and_update();
+            let has_state = m.last_log_index.is_some() || m.last_applied.is_some();
+            let leader_name = m
+                .current_leader
+                .and_then(|id| m.membership_config.membership().get_node(&id))
+                .map(|node| node.name.clone());
+            (m.current_leader, m.current_term, has_state, leader_name)
+        };
+        if has_state && !published_member {
+            membership.set_raft(replica.id, false).await;
+            published_member = true;
+        }
+        if current_leader != leader {
+            leader = current_leader;
+            if let Some(id) = current_leader {
+                let name = leader_name.unwrap_or_else(|| format!("raft-{id}"));
+                let event = events.record(EventKind::LeaderChanged, &name, format!("term {term}"));
+                info!(leader = %name, term, seq = event.seq, "raft leader is now {name} (term {term})");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The leader keeps Raft membership in line with gossip: adds live members as learners, promotes them
+/// while there are fewer voters than configured, and removes voters down for longer than a grace period
+/// while a quorum remains without them.
+async fn reconcile(
+    replica: Arc<Replica>,
+    membership: Arc<Membership>,
+    wanted_voters: usize,
+    shutdown: CancellationToken,
+) {
+    let mut changes = membership.changes();
+    let mut absent_since: HashMap<NodeId, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let metrics = replica.metrics();
+        if metrics.state != ServerState::Leader {
+            absent_since.clear();
+            continue;
+        }
+        let config = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = config.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = config.learner_ids().collect();
+        let view = membership.view();
+        let now = Instant::now();
+
+        // 1. Every live member with a Raft id becomes at least a learner.
+        for member in view.members.iter().filter(|m| m.state == MemberState::Up) {
+            let (Some(id), Some(http)) = (member.raft_id, member.http_addr) else {
+                continue;
+            };
+            if voters.contains(&id) || learners.contains(&id) {
+                continue;
+            }
+            info!(node = %member.name, raft_id = id, "adding {} as a Raft learner", member.name);
+            let node = peer_node(&member.name, member.cluster_addr, http);
+            if let Err(err) = replica.raft.add_learner(id, node, false).await {
+                warn!(node = %member.name, error = %err, "cannot add learner");
+            }
+        }
+
+        // 2. Track how long each Raft member has been gone from gossip.
+        let live = |id: &NodeId| {
+            id == &replica.id
+                || view
+                    .by_raft_id(*id)
+                    .is_some_and(|m| matches!(m.state, MemberState::Up | MemberState::Draining))
+        };
+        for id in voters.iter().chain(learners.iter()) {
+            if live(id) {
+                absent_since.remove(id);
+            } else {
+                absent_since.entry(*id).or_insert(now);
+            }
+        }
+        absent_since.retain(|id, _| voters.contains(id) || learners.contains(id));
+
+        // 3. Promote caught-up live learners while voters are missing.
+        if voters.len() < wanted_voters {
+            let last = metrics.last_log_index.unwrap_or(0);
+            let matched = |id: &NodeId| {
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(id).cloned().flatten())
+                    .map(|log_id| log_id.index)
+            };
+            if let Some(id) = learners
+                .iter()
+                .find(|id| live(id) && matched(id).is_some_and(|m| m + 100 >= last))
+            {
+                info!(
+                    raft_id = id,
+                    voters = voters.len(),
+                    wanted_voters,
+                    "promoting learner to voter"
+                );
+                if let Err(err) = replica
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), true)
+                    .await
+                {
+                    warn!(raft_id = id, error = %err, "cannot promote learner");
+                }
+                continue;
+            }
+        }
+
+        // 4. Remove members gone for longer than the grace period; voters only while a quorum remains.
+        let gone: Vec<NodeId> = absent_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= VOTER_REMOVAL_GRACE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if learners.contains(&id) {
+                info!(
+                    raft_id = id,
+                    "removing learner gone for {VOTER_REMOVAL_GRACE:?}"
+                );
+                let _ = replica
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await;
+                continue;
+            }
+            let remaining: Vec<&NodeId> = voters.iter().filter(|voter| **voter != id).collect();
+            let live_remaining = remaining.iter().filter(|voter| live(voter)).count();
+            if remaining.is_empty() || live_remaining < remaining.len() / 2 + 1 {
+                continue;
+            }
+            info!(
+                raft_id = id,
+                "removing voter gone for {VOTER_REMOVAL_GRACE:?}"
+            );
+            match replica
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+            {
+                Ok(_) => {
+                    absent_since.remove(&id);
+                }
+                Err(err) => warn!(raft_id = id, error = %err, "cannot remove voter"),
+            }
+            break;
+        }
+    }
+}
+
+/// Only the leader decides expiry, with its clock, as a log entry: every node removes the same
+/// sessions at the same index, and the expiry is counted once, here.
+async fn expire_sessions(replica: Arc<Replica>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EXPIRY_EVERY) => {}
+        }
+        if replica.metrics().state != ServerState::Leader {
+            continue;
+        }
+        let now = now_ms();
+        let ids = replica.reader.expired_at(now, EXPIRY_BATCH);
+        if ids.is_empty() {
+            continue;
+        }
+        match replica
+            .raft
+            .client_write(SessionCommand::Expire { ids, now_ms: now })
+            .await
+        {
+            Ok(response) => {
+                if let CommandResponse::Expired { ids } = response.data
+                    && !ids.is_empty()
+                {
+                    replica
+                        .expired_total
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    info!(
+                        count = ids.len(),
+                        index = response.log_id.index,
+                        "expired sessions"
+                    );
+                }
+            }
+            Err(err) => debug!(error = %err, "expiry proposal failed"),
+        }
+    }
+}
+
+/// Flushes coalesced access times as one `Touch` entry per interval.
+async fn flush_touches(replica: Arc<Replica>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TOUCH_EVERY) => {}
+        }
+        let touches: Vec<(SessionId, u64)> = {
+            let mut pending = replica
+                .touches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.drain().collect()
+        };
+        if touches.is_empty() {
+            continue;
+        }
+        if let Err(err) = replica.write(SessionCommand::Touch { touches }).await {
+            debug!(error = %err, "access-time flush failed; sessions keep their older access time");
+        }
+    }
+}

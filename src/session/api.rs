@@ -1,0 +1,264 @@
+//! `/api/sessions`: create, read, compare-and-set, delete sessions over REST.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use proto::raft::{CommandResponse, SessionCommand, SessionId, SessionRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::events::now_ms;
+use crate::raft::replica::{ConsensusError, Replica};
+
+/// Largest TTL a client may ask for: one year.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What the session API needs.
+#[derive(Clone)]
+pub struct SessionApi {
+    /// The replicated store.
+    pub replica: Arc<Replica>,
+    /// TTL when the client gives none.
+    pub default_ttl: Duration,
+    /// Largest session accepted (bytes of JSON).
+    pub max_bytes: usize,
+}
+
+/// An API failure with its HTTP status and a JSON body `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    current_version: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            current_version: None,
+        }
+    }
+}
+
+impl From<ConsensusError> for ApiError {
+    fn from(err: ConsensusError) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(current) = self.current_version {
+            body["current_version"] = json!(current);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The routes under `/api/sessions`.
+pub fn router(api: SessionApi) -> Router {
+    Router::new()
+        .route("/api/sessions", post(create))
+        .route("/api/sessions/{id}", get(read).put(update).delete(remove))
+        .with_state(api)
+}
+
+#[derive(Debug, Deserialize)]
+struct TtlQuery {
+    ttl: Option<u64>,
+}
+
+fn document(record: &SessionRecord) -> Value {
+    let data: Value = serde_json::from_str(&record.data).unwrap_or(Value::Null);
+    json!({
+        "id": record.id.to_string(),
+        "version": record.version,
+        "data": data,
+        "created_ms": record.created_ms,
+        "expires_at_ms": record.expires_at_ms(),
+    })
+}
+
+fn parse_id(text: &str) -> Result<SessionId, ApiError> {
+    // A malformed id names no session: 404, like any unknown id.
+    text.parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+}
+
+impl SessionApi {
+    fn ttl(&self, query: &TtlQuery) -> Result<u64, ApiError> {
+        match query.ttl {
+            None => Ok(self.default_ttl.as_millis() as u64),
+            Some(0) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "ttl must be at least 1 second",
+            )),
+            Some(seconds) if Duration::from_secs(seconds) > MAX_TTL => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("ttl must be at most {} seconds", MAX_TTL.as_secs()),
+            )),
+            Some(seconds) => Ok(seconds * 1000),
+        }
+    }
+
+    /// Checks size and shape: the body must be a JSON object no larger than the limit.
+    fn data(&self, body: &Bytes) -> Result<String, ApiError> {
+        if body.len() > self.max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "session data of {} bytes exceeds the limit of {} bytes",
+                    body.len(),
+                    self.max_bytes
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|err| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {err}"))
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "session data must be a JSON object",
+            ));
+        }
+        // Store the compact form so sizes are what they look like.
+        Ok(value.to_string())
+    }
+}
+
+async fn create(
+    State(api): State<SessionApi>,
+    Query(query): Query<TtlQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ttl_ms = api.ttl(&query)?;
+    let data = api.data(&body)?;
+    loop {
+        let id = SessionId::generate();
+        let command = SessionCommand::Create {
+            id,
+            data: data.clone(),
+            ttl_ms,
+            now_ms: now_ms(),
+        };
+        match api.replica.write(command).await?.1 {
+            CommandResponse::Created(record) => {
+                let location = format!("/api/sessions/{}", record.id);
+                return Ok((
+                    StatusCode::CREATED,
+                    [(header::LOCATION, location)],
+                    axum::Json(document(&record)),
+                )
+                    .into_response());
+            }
+            CommandResponse::AlreadyExists => continue,
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("unexpected answer to create: {other:?}"),
+                ));
+            }
+        }
+    }
+}
+
+async fn read(State(api): State<SessionApi>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    api.replica.linearizable_barrier().await?;
+    let record = api
+        .replica
+        .reader()
+        .get_live(&id, now_ms())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+    api.replica.touch(id);
+    Ok((
+        [(header::ETAG, format!("\"{}\"", record.version))],
+        axum::Json(document(&record)),
+    )
+        .into_response())
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    if text == "*" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match must be a session version number",
+        )
+    })
+}
+
+async fn update(
+    State(api): State<SessionApi>,
+    Path(id): Path<String>,
+    Query(query): Query<TtlQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let expected_version = if_match(&headers)?;
+    let data = api.data(&body)?;
+    let ttl_ms = match query.ttl {
+        Some(_) => Some(api.ttl(&query)?),
+        None => None,
+    };
+    let command = SessionCommand::Put {
+        id,
+        data,
+        expected_version,
+        ttl_ms,
+        now_ms: now_ms(),
+    };
+    match api.replica.write(command).await?.1 {
+        CommandResponse::Updated(record) => Ok((
+            [(header::ETAG, format!("\"{}\"", record.version))],
+            axum::Json(document(&record)),
+        )
+            .into_response()),
+        CommandResponse::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
+        CommandResponse::VersionMismatch { current } => Err(ApiError {
+            status: StatusCode::PRECONDITION_FAILED,
+            message: format!(
+                "version {} is stale; the session is at version {current}",
+                expected_version.unwrap_or(0)
+            ),
+            current_version: Some(current),
+        }),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer to put: {other:?}"),
+        )),
+    }
+}
+
+async fn remove(
+    State(api): State<SessionApi>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match api.replica.write(SessionCommand::Delete { id }).await?.1 {
+        CommandResponse::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        CommandResponse::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer to delete: {other:?}"),
+        )),
+    }
+}

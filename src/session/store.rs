@@ -1,0 +1,161 @@
+//! `tower_sessions::SessionStore` backed by the Raft-replicated session store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proto::raft::{CommandResponse, SessionCommand, SessionId};
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store::{Error, Result};
+use tower_sessions::{SessionStore, cookie::time::OffsetDateTime};
+
+use crate::events::now_ms;
+use crate::raft::replica::Replica;
+
+/// The cluster's session store: every node reads and writes the same sessions.
+#[derive(Clone)]
+pub struct ClusterStore {
+    replica: Arc<Replica>,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStore")
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+/// tower-sessions ids and ours are both 128 bits: the same session under two spellings.
+pub fn to_session_id(id: &Id) -> SessionId {
+    SessionId::from_bytes(id.0.to_le_bytes())
+}
+
+/// The tower-sessions id of a session.
+pub fn to_tower_id(id: &SessionId) -> Id {
+    Id(i128::from_le_bytes(*id.as_bytes()))
+}
+
+fn ttl_ms(expiry: OffsetDateTime) -> u64 {
+    let millis = (expiry - OffsetDateTime::now_utc()).whole_milliseconds();
+    millis.clamp(1_000, i128::from(u64::MAX >> 1)) as u64
+}
+
+fn backend(err: impl std::fmt::Display) -> Error {
+    Error::Backend(err.to_string())
+}
+
+impl ClusterStore {
+    /// A store writing through `replica`, refusing sessions larger than `max_bytes`.
+    pub fn new(replica: Arc<Replica>, max_bytes: usize) -> ClusterStore {
+        ClusterStore { replica, max_bytes }
+    }
+
+    fn encode(&self, record: &Record) -> Result<String> {
+        let data =
+            serde_json::to_string(&record.data).map_err(|err| Error::Encode(err.to_string()))?;
+        if data.len() > self.max_bytes {
+            return Err(Error::Encode(format!(
+                "session of {} bytes exceeds the limit of {} bytes",
+                data.len(),
+                self.max_bytes
+            )));
+        }
+        Ok(data)
+    }
+}
+
+#[async_trait]
+impl SessionStore for ClusterStore {
+    async fn create(&self, record: &mut Record) -> Result<()> {
+        let data = self.encode(record)?;
+        loop {
+            let id = SessionId::generate();
+            let command = SessionCommand::Create {
+                id,
+                data: data.clone(),
+                ttl_ms: ttl_ms(record.expiry_date),
+                now_ms: now_ms(),
+            };
+            match self.replica.write(command).await.map_err(backend)?.1 {
+                CommandResponse::Created(_) => {
+                    record.id = to_tower_id(&id);
+                    return Ok(());
+                }
+                CommandResponse::AlreadyExists => continue,
+                other => return Err(backend(format!("unexpected answer to create: {other:?}"))),
+            }
+        }
+    }
+
+    async fn save(&self, record: &Record) -> Result<()> {
+        let data = self.encode(record)?;
+        let id = to_session_id(&record.id);
+        let ttl = ttl_ms(record.expiry_date);
+        let put = SessionCommand::Put {
+            id,
+            data: data.clone(),
+            expected_version: None,
+            ttl_ms: Some(ttl),
+            now_ms: now_ms(),
+        };
+        match self.replica.write(put).await.map_err(backend)?.1 {
+            CommandResponse::Updated(_) => Ok(()),
+            // Expired (or deleted) meanwhile: the client still holds the cookie, so bring it back.
+            CommandResponse::NotFound => {
+                let create = SessionCommand::Create {
+                    id,
+                    data,
+                    ttl_ms: ttl,
+                    now_ms: now_ms(),
+                };
+                match self.replica.write(create).await.map_err(backend)?.1 {
+                    CommandResponse::Created(_) | CommandResponse::AlreadyExists => Ok(()),
+                    other => Err(backend(format!("unexpected answer to create: {other:?}"))),
+                }
+            }
+            other => Err(backend(format!("unexpected answer to save: {other:?}"))),
+        }
+    }
+
+    async fn load(&self, id: &Id) -> Result<Option<Record>> {
+        self.replica.linearizable_barrier().await.map_err(backend)?;
+        let session_id = to_session_id(id);
+        let now = now_ms();
+        let Some(stored) = self.replica.reader().get_live(&session_id, now) else {
+            return Ok(None);
+        };
+        self.replica.touch(session_id);
+        let data: HashMap<String, serde_json::Value> =
+            serde_json::from_str(&stored.data).map_err(|err| Error::Decode(err.to_string()))?;
+        let expires_in = Duration::from_millis(stored.expires_at_ms().saturating_sub(now));
+        Ok(Some(Record {
+            id: *id,
+            data,
+            expiry_date: OffsetDateTime::now_utc() + expires_in,
+        }))
+    }
+
+    async fn delete(&self, id: &Id) -> Result<()> {
+        let command = SessionCommand::Delete {
+            id: to_session_id(id),
+        };
+        self.replica.write(command).await.map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_both_ways() {
+        let ours = SessionId::generate();
+        assert_eq!(to_session_id(&to_tower_id(&ours)), ours);
+        let theirs = Id(-42);
+        assert_eq!(to_tower_id(&to_session_id(&theirs)), theirs);
+    }
+}
