@@ -77,7 +77,7 @@ fn runtime(future: impl Future<Output = ExitCode>) -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

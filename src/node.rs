@@ -107,6 +107,11 @@ impl NodeContext {
                 .map(|node| node.name.clone())
                 .unwrap_or_else(|| format!("raft-{id}"))
         };
+        let sorted_names = |ids: &[u64]| {
+            let mut names: Vec<String> = ids.iter().map(|id| name_of(*id)).collect();
+            names.sort();
+            names
+        };
         let voters: Vec<u64> = raft_config.voter_ids().collect();
         let learners: Vec<u64> = raft_config.learner_ids().collect();
         for row in &mut status.members {
@@ -130,8 +135,8 @@ impl NodeContext {
             // A follower only knows the commit index through what it applied.
             commit_index: applied,
             applied_index: applied,
-            voters: voters.iter().map(|id| name_of(*id)).collect(),
-            learners: learners.iter().map(|id| name_of(*id)).collect(),
+            voters: sorted_names(&voters),
+            learners: sorted_names(&learners),
         });
         status.sessions = Some(SessionsStatus {
             active: self.replica().reader().len() as u64,

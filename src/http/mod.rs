@@ -20,6 +20,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/readyz", get(readyz))
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/events", get(cluster_events))
+        .route("/cluster/sessions/digest", get(sessions_digest))
         .with_state(context)
 }
 
@@ -78,4 +79,16 @@ async fn cluster_events(
 ) -> Response {
     let events = context.events().since(query.after.unwrap_or(0));
     axum::Json(serde_json::json!({ "events": events })).into_response()
+}
+
+/// This node's local session state, without any consensus round: for comparing replicas.
+async fn sessions_digest(State(context): State<NodeContext>) -> Response {
+    let reader = context.replica().reader();
+    axum::Json(serde_json::json!({
+        "node": context.config().me.name,
+        "applied_index": reader.last_applied_index(),
+        "sessions": reader.len(),
+        "digest": format!("{:016x}", reader.digest()),
+    }))
+    .into_response()
 }

@@ -272,6 +272,8 @@ async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
 #[derive(Debug, Clone)]
 struct Tracked {
     info: MemberInfo,
+    /// Whether it was ever up (or draining): the first time is a join, later ones are returns.
+    ever_alive: bool,
 }
 
 /// Turns chitchat's state into views and events. Owned by the observer task alone.
@@ -523,9 +525,18 @@ impl Observer {
     /// Records the member's new info; emits and logs an event when its state changed. Returns whether
     /// anything the balancer cares about (state, addresses, generation) changed.
     fn transition(&mut self, name: &str, info: &MemberInfo) -> bool {
-        let previous = self
+        let alive = matches!(info.state, MemberState::Up | MemberState::Draining);
+        let was_alive = self
             .tracked
-            .insert(name.to_string(), Tracked { info: info.clone() });
+            .get(name)
+            .is_some_and(|tracked| tracked.ever_alive);
+        let previous = self.tracked.insert(
+            name.to_string(),
+            Tracked {
+                info: info.clone(),
+                ever_alive: was_alive || alive,
+            },
+        );
         let Some(previous) = previous.map(|tracked| tracked.info) else {
             if info.state == MemberState::Up || info.state == MemberState::Draining {
                 self.emit(
@@ -559,7 +570,7 @@ impl Observer {
             (_, MemberState::Up) => {
                 let reason = match previous.state {
                     MemberState::Draining => "stopped draining".to_string(),
-                    _ if previous.generation.is_none() => {
+                    _ if !was_alive => {
                         format!("joined (generation {})", info.generation.unwrap_or(0))
                     }
                     _ if restarted => format!("restarted ({})", generations()),

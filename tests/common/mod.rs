@@ -187,7 +187,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .args(&node.args)
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "info,chitchat=warn")
+            .env("RUST_LOG", "info,chitchat=warn,openraft=warn")
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -362,5 +362,89 @@ impl Drop for Cluster {
                 }
             }
         }
+    }
+}
+
+impl Cluster {
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let running = self.running();
+        wait_for(&format!("{running:?} ready"), timeout, || async {
+            for name in &running {
+                let url = format!("{}/readyz", self.nodes[name].url());
+                let response = self.client.get(url).send().await.ok()?;
+                if response.status() != 200 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+
+    /// The Raft leader's name as `viewer` reports it.
+    pub async fn leader(&self, viewer: &str) -> Option<String> {
+        self.status(viewer).await?["leader"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// Waits until every running node names the same leader; returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> String {
+        let running = self.running();
+        wait_for("one leader named by every node", timeout, || async {
+            let mut leader = None;
+            for name in &running {
+                let seen = self.leader(name).await?;
+                if leader.get_or_insert_with(|| seen.clone()) != &seen {
+                    return None;
+                }
+            }
+            leader.filter(|leader| running.contains(leader))
+        })
+        .await
+    }
+
+    /// `/cluster/sessions/digest` of a node: (applied index, session count, digest).
+    pub async fn digest(&self, name: &str) -> Option<(u64, u64, String)> {
+        let doc = self.get_json(name, "/cluster/sessions/digest").await?;
+        Some((
+            doc["applied_index"].as_u64().unwrap_or(0),
+            doc["sessions"].as_u64()?,
+            doc["digest"].as_str()?.to_string(),
+        ))
+    }
+
+    /// Waits until every running node holds identical sessions at the same applied index.
+    pub async fn wait_identical(&self, timeout: Duration) -> (u64, u64, String) {
+        let running = self.running();
+        wait_for("identical session state on every node", timeout, || async {
+            let mut first = None;
+            for name in &running {
+                let digest = self.digest(name).await?;
+                if first.get_or_insert_with(|| digest.clone()) != &digest {
+                    return None;
+                }
+            }
+            first
+        })
+        .await
+    }
+
+    /// POST a session with `data` through `name`; returns its id when acknowledged (201).
+    pub async fn create_session(&self, name: &str, data: &Value) -> Option<String> {
+        let url = format!("{}/api/sessions", self.nodes[name].url());
+        let response = self.client.post(url).json(data).send().await.ok()?;
+        if response.status() != 201 {
+            return None;
+        }
+        let doc: Value = response.json().await.ok()?;
+        doc["id"].as_str().map(str::to_string)
+    }
+
+    /// GET a session's data through `name`; `None` when not 200.
+    pub async fn session_data(&self, name: &str, id: &str) -> Option<Value> {
+        let doc = self.get_json(name, &format!("/api/sessions/{id}")).await?;
+        Some(doc["data"].clone())
     }
 }
