@@ -509,3 +509,52 @@ async fn garbage_on_the_peer_port_is_rejected_without_a_crash() {
         "{log}"
     );
 }
+
+/// `viewer`'s Raft voters and learners.
+async fn raft_roles(cluster: &Cluster, viewer: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let status = cluster.status(viewer).await?;
+    let names = |key: &str| -> Option<Vec<String>> {
+        status["raft"][key]
+            .as_array()
+            .map(|list| list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+    };
+    Some((names("voters")?, names("learners")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_are_learners_and_replace_a_voter_that_stays_down() {
+    let mut cluster =
+        Cluster::with_raft(3, r#"data-dir="data" voters="3" remove-after-ms="3000""#);
+    cluster.start_all();
+    cluster.wait_ready(READY).await;
+    cluster.add_joiner("node-4", "node-1");
+    cluster.start("node-4");
+    cluster.wait_ready(READY).await;
+    wait_for("node-4 is a learner", CONVERGE, || async {
+        let (voters, learners) = raft_roles(&cluster, "node-1").await?;
+        (voters == ["node-1", "node-2", "node-3"] && learners == ["node-4"]).then_some(())
+    })
+    .await;
+    let id = cluster.create_session("node-4", &json!({ "via": "learner" })).await;
+    assert!(id.is_some(), "a learner forwards writes to the leader");
+
+    // A voter that stays down longer than remove-after is replaced by the learner.
+    cluster.kill9("node-3");
+    wait_for("node-4 replaces node-3 as a voter", CONVERGE, || async {
+        let (voters, learners) = raft_roles(&cluster, "node-1").await?;
+        (voters == ["node-1", "node-2", "node-4"] && learners.is_empty()).then_some(())
+    })
+    .await;
+    let row = cluster.member("node-2", "node-4").await.expect("row");
+    assert_eq!(row["raft_role"], "voter");
+
+    // node-3 comes back with its data: same identity, re-added as a learner, catches up.
+    cluster.start("node-3");
+    wait_for("node-3 is back as a learner", CONVERGE, || async {
+        let (_, learners) = raft_roles(&cluster, "node-1").await?;
+        (learners == ["node-3"]).then_some(())
+    })
+    .await;
+    cluster.create_session("node-3", &json!({ "back": true })).await.expect("write");
+    cluster.wait_identical(CONVERGE).await;
+}

@@ -46,6 +46,10 @@ pub const HEARTBEAT_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 600;
 /// Allowed Raft election timeout in milliseconds.
 pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
+/// Default time a Raft member must be gone before the leader removes it, in milliseconds.
+pub const DEFAULT_REMOVE_AFTER_MS: u64 = 30_000;
+/// Allowed removal grace period in milliseconds.
+pub const REMOVE_AFTER_MS_RANGE: RangeInclusive<u64> = 1_000..=86_400_000;
 /// Default session lifetime in seconds.
 pub const DEFAULT_SESSION_TTL_SECONDS: u64 = 1_800;
 /// Allowed session lifetime in seconds (up to a year).
@@ -187,6 +191,8 @@ pub struct RaftConfig {
     pub heartbeat: Duration,
     /// Follower election timeout.
     pub election_timeout: Duration,
+    /// How long a member must be gone from gossip before the leader removes it from Raft.
+    pub remove_after: Duration,
 }
 
 impl Default for RaftConfig {
@@ -196,6 +202,7 @@ impl Default for RaftConfig {
             voters: DEFAULT_VOTERS,
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             election_timeout: Duration::from_millis(DEFAULT_ELECTION_TIMEOUT_MS),
+            remove_after: Duration::from_millis(DEFAULT_REMOVE_AFTER_MS),
         }
     }
 }

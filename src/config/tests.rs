@@ -9,7 +9,7 @@ const FULL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <!-- every element -->
 <cluster id="demo">
   <gossip interval-ms="200" phi-threshold="9.5" dead-after-ms="4000"/>
-  <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300"/>
+  <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300" remove-after-ms="5000"/>
   <sessions ttl-seconds="60" cookie="SID" max-bytes="2048"/>
   <balancer strategy="round-robin" key="ip" retries="0"/>
   <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token"/>
@@ -108,6 +108,7 @@ fn full_file_parses_every_value() {
             voters: 5,
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
+            remove_after: Duration::from_millis(5000),
         }
     );
     assert_eq!(

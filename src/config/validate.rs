@@ -347,7 +347,13 @@ fn gossip(element: &RawElement, ctx: &Ctx<'_>) -> Result<GossipConfig, ConfigErr
 fn raft(element: &RawElement, ctx: &Ctx<'_>) -> Result<RaftConfig, ConfigError> {
     ctx.only_attrs(
         element,
-        &["data-dir", "voters", "heartbeat-ms", "election-timeout-ms"],
+        &[
+            "data-dir",
+            "voters",
+            "heartbeat-ms",
+            "election-timeout-ms",
+            "remove-after-ms",
+        ],
     )?;
     ctx.no_children(element)?;
     let data_dir = ctx
@@ -382,8 +388,15 @@ fn raft(element: &RawElement, ctx: &Ctx<'_>) -> Result<RaftConfig, ConfigError> 
             ),
         ));
     }
+    let remove_after = ctx.whole(
+        element,
+        "remove-after-ms",
+        DEFAULT_REMOVE_AFTER_MS,
+        REMOVE_AFTER_MS_RANGE,
+    )?;
     Ok(RaftConfig {
         data_dir,
+        remove_after: Duration::from_millis(remove_after),
         // The range check above keeps this far below any platform's usize limit.
         voters: usize::try_from(voters).unwrap_or(DEFAULT_VOTERS),
         heartbeat: Duration::from_millis(heartbeat),

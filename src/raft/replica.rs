@@ -33,8 +33,6 @@ const NODE_ID_FILE: &str = "node-id";
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// A voter down this long is replaced, if a quorum remains without it.
-const VOTER_REMOVAL_GRACE: Duration = Duration::from_secs(30);
 /// Entries between snapshots.
 const SNAPSHOT_EVERY: u64 = 5_000;
 /// Entries kept in the log behind a snapshot, so briefly absent followers catch up from the log.
@@ -233,6 +231,7 @@ impl Replica {
             replica.clone(),
             membership,
             config.cluster.raft.voters,
+            config.cluster.raft.remove_after,
             shutdown.clone(),
         ));
         tasks.spawn(expire_sessions(replica.clone(), shutdown.clone()));
@@ -560,6 +559,7 @@ async fn reconcile(
     replica: Arc<Replica>,
     membership: Arc<Membership>,
     wanted_voters: usize,
+    remove_after: Duration,
     shutdown: CancellationToken,
 ) {
     let mut changes = membership.changes();
@@ -646,14 +646,14 @@ async fn reconcile(
         // 4. Remove members gone for longer than the grace period; voters only while a quorum remains.
         let gone: Vec<NodeId> = absent_since
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= VOTER_REMOVAL_GRACE)
+            .filter(|(_, since)| now.duration_since(**since) >= remove_after)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
             if learners.contains(&id) {
                 info!(
                     raft_id = id,
-                    "removing learner gone for {VOTER_REMOVAL_GRACE:?}"
+                    "removing learner gone for {remove_after:?}"
                 );
                 let _ = replica
                     .raft
@@ -668,7 +668,7 @@ async fn reconcile(
             }
             info!(
                 raft_id = id,
-                "removing voter gone for {VOTER_REMOVAL_GRACE:?}"
+                "removing voter gone for {remove_after:?}"
             );
             match replica
                 .raft

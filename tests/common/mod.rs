@@ -93,11 +93,16 @@ pub const GOSSIP: &str = r#"<gossip interval-ms="150" phi-threshold="8" dead-aft
 impl Cluster {
     /// Writes a config with `founders` nodes (node-1..) on free ports; starts nothing.
     pub fn new(founders: usize) -> Cluster {
+        Cluster::with_raft(founders, r#"data-dir="data" voters="3""#)
+    }
+
+    /// Like [`Cluster::new`], with the given `<raft>` attributes.
+    pub fn with_raft(founders: usize, raft_attrs: &str) -> Cluster {
         let lock = cluster_lock();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = BTreeMap::new();
         let mut xml = format!(
-            "<cluster id=\"test\">\n  {GOSSIP}\n  <raft data-dir=\"data\" voters=\"3\"/>\n  <nodes>\n"
+            "<cluster id=\"test\">\n  {GOSSIP}\n  <raft {raft_attrs}/>\n  <nodes>\n"
         );
         for index in 1..=founders {
             let name = format!("node-{index}");
