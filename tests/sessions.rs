@@ -516,17 +516,18 @@ async fn garbage_on_the_peer_port_is_rejected_without_a_crash() {
 async fn raft_roles(cluster: &Cluster, viewer: &str) -> Option<(Vec<String>, Vec<String>)> {
     let status = cluster.status(viewer).await?;
     let names = |key: &str| -> Option<Vec<String>> {
-        status["raft"][key]
-            .as_array()
-            .map(|list| list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        status["raft"][key].as_array().map(|list| {
+            list.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
     };
     Some((names("voters")?, names("learners")?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_are_learners_and_replace_a_voter_that_stays_down() {
-    let mut cluster =
-        Cluster::with_raft(3, r#"data-dir="data" voters="3" remove-after-ms="3000""#);
+    let mut cluster = Cluster::with_raft(3, r#"data-dir="data" voters="3" remove-after-ms="3000""#);
     cluster.start_all();
     cluster.wait_ready(READY).await;
     cluster.add_joiner("node-4", "node-1");
@@ -537,7 +538,9 @@ async fn joiners_are_learners_and_replace_a_voter_that_stays_down() {
         (voters == ["node-1", "node-2", "node-3"] && learners == ["node-4"]).then_some(())
     })
     .await;
-    let id = cluster.create_session("node-4", &json!({ "via": "learner" })).await;
+    let id = cluster
+        .create_session("node-4", &json!({ "via": "learner" }))
+        .await;
     assert!(id.is_some(), "a learner forwards writes to the leader");
 
     // A voter that stays down longer than remove-after is replaced by the learner.
@@ -557,6 +560,9 @@ async fn joiners_are_learners_and_replace_a_voter_that_stays_down() {
         (learners == ["node-3"]).then_some(())
     })
     .await;
-    cluster.create_session("node-3", &json!({ "back": true })).await.expect("write");
+    cluster
+        .create_session("node-3", &json!({ "back": true }))
+        .await
+        .expect("write");
     cluster.wait_identical(CONVERGE).await;
 }

@@ -101,9 +101,8 @@ impl Cluster {
         let lock = cluster_lock();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = BTreeMap::new();
-        let mut xml = format!(
-            "<cluster id=\"test\">\n  {GOSSIP}\n  <raft {raft_attrs}/>\n  <nodes>\n"
-        );
+        let mut xml =
+            format!("<cluster id=\"test\">\n  {GOSSIP}\n  <raft {raft_attrs}/>\n  <nodes>\n");
         for index in 1..=founders {
             let name = format!("node-{index}");
             let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
