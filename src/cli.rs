@@ -30,6 +30,10 @@ pub enum Command {
     Run(RunArgs),
     /// Ask a node how the cluster is doing.
     Status(StatusArgs),
+    /// Stop routing new work to a node (it finishes what it has).
+    Drain(NodeActionArgs),
+    /// Resume routing new work to a drained node.
+    Undrain(NodeActionArgs),
     /// Validate a config file and print its nodes; exit 0 when valid, 1 when not.
     CheckConfig {
         /// The cluster-config.xml to check.
@@ -72,6 +76,34 @@ impl RunArgs {
             data_dir: self.data_dir.clone(),
         }
     }
+}
+
+/// Flags of `drain` and `undrain`.
+#[derive(Debug, Args)]
+pub struct NodeActionArgs {
+    /// The member to act on.
+    pub name: String,
+    /// Any node's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub node: String,
+}
+
+/// Asks `node` to drain or undrain `name`; returns the answer body.
+pub async fn node_action(args: &NodeActionArgs, action: &str) -> Result<String, StatusError> {
+    let url = format!(
+        "{}/cluster/nodes/{}/{action}",
+        args.node.trim_end_matches('/'),
+        args.name
+    );
+    let (status, body) = http_call(hyper::Method::POST, &url, &[]).await?;
+    if !status.is_success() {
+        return Err(StatusError::BadAnswer {
+            url,
+            status: status.as_u16(),
+            body: body.chars().take(200).collect(),
+        });
+    }
+    Ok(body)
 }
 
 /// Output formats of `status`.
@@ -152,8 +184,25 @@ pub async fn status(node: &str, format: StatusFormat) -> Result<String, StatusEr
     }
 }
 
-/// A plain HTTP GET returning the body of a 200 answer.
+/// A plain HTTP GET returning the body of a 2xx answer.
 pub async fn http_get(url: &str) -> Result<String, StatusError> {
+    let (status, body) = http_call(hyper::Method::GET, url, &[]).await?;
+    if !status.is_success() {
+        return Err(StatusError::BadAnswer {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: body.chars().take(200).collect(),
+        });
+    }
+    Ok(body)
+}
+
+/// One bodiless HTTP request with extra headers; returns the status and the body, whatever the status.
+pub async fn http_call(
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(hyper::StatusCode, String), StatusError> {
     let uri: hyper::Uri = url.parse().map_err(|_| StatusError::BadUrl {
         url: url.to_string(),
     })?;
@@ -162,6 +211,15 @@ pub async fn http_get(url: &str) -> Result<String, StatusError> {
             url: url.to_string(),
         });
     }
+    let mut request = hyper::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|_| StatusError::BadUrl {
+            url: url.to_string(),
+        })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let unreachable = |reason: String| StatusError::Unreachable {
         url: url.to_string(),
@@ -169,7 +227,7 @@ pub async fn http_get(url: &str) -> Result<String, StatusError> {
     };
     let exchange = async {
         let response = client
-            .get(uri)
+            .request(request)
             .await
             .map_err(|err| unreachable(error_chain(&err)))?;
         let status = response.status();
@@ -184,15 +242,7 @@ pub async fn http_get(url: &str) -> Result<String, StatusError> {
     let (status, bytes) = tokio::time::timeout(STATUS_TIMEOUT, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {STATUS_TIMEOUT:?}")))??;
-    let body = String::from_utf8_lossy(&bytes).into_owned();
-    if !status.is_success() {
-        return Err(StatusError::BadAnswer {
-            url: url.to_string(),
-            status: status.as_u16(),
-            body: body.chars().take(200).collect(),
-        });
-    }
-    Ok(body)
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -4,11 +4,14 @@
 //! ([`http`]). [`node::run`] wires one node together; `main.rs` only parses flags and calls it.
 
 pub mod apps;
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod membership;
 pub mod node;
+pub mod proxy;
 pub mod raft;
+pub mod routing;
 pub mod session;

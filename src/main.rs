@@ -48,6 +48,8 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Drain(args) => runtime(node_action(args, "drain")),
+        Command::Undrain(args) => runtime(node_action(args, "undrain")),
         Command::Run(args) => {
             let config = match NodeConfig::resolve(&args.overrides()) {
                 Ok(config) => config,
@@ -58,6 +60,19 @@ fn main() -> ExitCode {
             };
             init_logging();
             runtime(run_node(config))
+        }
+    }
+}
+
+async fn node_action(args: micro_tomcat::cli::NodeActionArgs, action: &'static str) -> ExitCode {
+    match micro_tomcat::cli::node_action(&args, action).await {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
         }
     }
 }

@@ -15,9 +15,10 @@ use crate::apps;
 use crate::config::NodeConfig;
 use crate::events::EventLog;
 use crate::http;
-use crate::http::status::{ClusterStatus, RaftStatus, SessionsStatus};
+use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsStatus};
 use crate::membership::{MemberState, Membership, MembershipError};
 use crate::raft::replica::{Replica, ReplicaError};
+use crate::routing::{Routing, route};
 use crate::session::ClusterStore;
 use crate::session::api::SessionApi;
 
@@ -65,6 +66,7 @@ struct ContextInner {
     config: NodeConfig,
     membership: Arc<Membership>,
     replica: Arc<Replica>,
+    routing: Arc<Routing>,
     events: EventLog,
 }
 
@@ -82,6 +84,11 @@ impl NodeContext {
     /// This node's Raft replica.
     pub fn replica(&self) -> &Arc<Replica> {
         &self.inner.replica
+    }
+
+    /// Request routing of this node.
+    pub fn routing(&self) -> &Arc<Routing> {
+        &self.inner.routing
     }
 
     /// The event history.
@@ -137,6 +144,13 @@ impl NodeContext {
             applied_index: applied,
             voters: sorted_names(&voters),
             learners: sorted_names(&learners),
+        });
+        let routing = self.routing();
+        status.balancer = Some(BalancerStatus {
+            strategy: routing.strategy().as_str().to_string(),
+            key: routing.key().as_str().to_string(),
+            members: routing.members(),
+            targets: routing.stats(),
         });
         status.sessions = Some(SessionsStatus {
             active: self.replica().reader().len() as u64,
@@ -200,20 +214,34 @@ fn applications(context: &NodeContext) -> Router {
         max_bytes: sessions.max_bytes,
     };
     let served_by = HeaderValue::from_str(&config.me.name).unwrap_or(HeaderValue::from_static("?"));
+    // Stamped only on what this node serves: a proxied response keeps the owner's stamp.
+    let stamp = axum::middleware::map_response(move |mut response: axum::response::Response| {
+        let served_by = served_by.clone();
+        async move {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(SERVED_BY), served_by);
+            response
+        }
+    });
+    let application = apps::demo::router(config.me.name.clone())
+        .layer(session_layer)
+        .fallback(not_found)
+        .layer(stamp.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            context.routing().clone(),
+            route,
+        ));
     Router::new()
-        .merge(crate::session::api::router(api))
-        .merge(apps::demo::router(config.me.name.clone()).layer(session_layer))
-        .layer(axum::middleware::map_response(
-            move |mut response: axum::response::Response| {
-                let served_by = served_by.clone();
-                async move {
-                    response
-                        .headers_mut()
-                        .insert(HeaderName::from_static(SERVED_BY), served_by);
-                    response
-                }
-            },
-        ))
+        .merge(crate::session::api::router(api).layer(stamp))
+        .merge(application)
+}
+
+async fn not_found() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": "no such page" })),
+    )
 }
 
 /// Runs a node until `shutdown` is cancelled, then leaves the cluster gracefully.
@@ -254,11 +282,14 @@ pub async fn run(
     };
     let http_addr = config.me.http;
     let name = config.me.name.clone();
+    let routing = Arc::new(Routing::new(&config));
+    tasks.spawn(routing.clone().maintain(membership.clone(), stop.clone()));
     let context = NodeContext {
         inner: Arc::new(ContextInner {
             config,
             membership,
             replica,
+            routing,
             events,
         }),
     };
@@ -267,6 +298,7 @@ pub async fn run(
     let mut server = {
         let http_stop = http_stop.clone();
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(http_stop.cancelled_owned())
                 .await

@@ -41,7 +41,10 @@ impl InFlight {
         {
             return Arc::clone(counter);
         }
-        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
+        let mut counters = self
+            .counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(counters.entry(name.to_owned()).or_default())
     }
 }
@@ -133,7 +136,9 @@ mod tests {
             let owner = balancer.candidates(&RoutingKey::None, &snapshot)[0];
             guards.push(in_flight.guard(&snapshot.targets()[owner].name));
         }
-        let loads: Vec<usize> = (1..=3).map(|i| in_flight.get(&format!("node-{i}"))).collect();
+        let loads: Vec<usize> = (1..=3)
+            .map(|i| in_flight.get(&format!("node-{i}")))
+            .collect();
         assert_eq!(loads, [10, 10, 10]);
         guards.truncate(29); // the last request went to node-3, ...
         assert_eq!(balancer.candidates(&RoutingKey::None, &snapshot), [2, 0, 1]);

@@ -50,7 +50,10 @@ mod tests {
                 assert_eq!(candidates[0], i % usize::from(count), "strict rotation");
                 hits[candidates[0]] += 1;
             }
-            assert!(hits.iter().all(|&h| h == rounds), "{count} members: {hits:?}");
+            assert!(
+                hits.iter().all(|&h| h == rounds),
+                "{count} members: {hits:?}"
+            );
         }
     }
 

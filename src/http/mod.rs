@@ -3,12 +3,14 @@
 pub mod status;
 
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::membership::MemberState;
 use crate::node::NodeContext;
 use status::ClusterStatus;
 
@@ -21,6 +23,9 @@ pub fn router(context: NodeContext) -> Router {
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/events", get(cluster_events))
         .route("/cluster/sessions/digest", get(sessions_digest))
+        .route("/cluster/route", get(route_of))
+        .route("/cluster/nodes/{name}/drain", post(drain))
+        .route("/cluster/nodes/{name}/undrain", post(undrain))
         .with_state(context)
 }
 
@@ -89,6 +94,100 @@ async fn sessions_digest(State(context): State<NodeContext>) -> Response {
         "applied_index": reader.last_applied_index(),
         "sessions": reader.len(),
         "digest": format!("{:016x}", reader.digest()),
+    }))
+    .into_response()
+}
+
+async fn drain(
+    State(context): State<NodeContext>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_draining(context, name, true, headers).await
+}
+
+async fn undrain(
+    State(context): State<NodeContext>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_draining(context, name, false, headers).await
+}
+
+/// Drains or undrains `name`: this node directly, another member by forwarding the call to it once.
+async fn set_draining(
+    context: NodeContext,
+    name: String,
+    drain: bool,
+    headers: HeaderMap,
+) -> Response {
+    let action = if drain { "drain" } else { "undrain" };
+    if name == context.config().me.name {
+        let status = if drain {
+            proto::gossip::NodeStatus::Draining
+        } else {
+            proto::gossip::NodeStatus::Serving
+        };
+        context.membership().set_status(status).await;
+        tracing::info!(node = %name, "{action} requested through the admin API");
+        let state = if drain { "draining" } else { "up" };
+        return axum::Json(serde_json::json!({ "node": name, "state": state })).into_response();
+    }
+    let error = |status: StatusCode, message: String| {
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    if headers.contains_key(crate::proxy::HOP_HEADER) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("{name} is not this node ({})", context.config().me.name),
+        );
+    }
+    let view = context.membership().view();
+    let Some(member) = view.member(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no member named {name:?}"));
+    };
+    let Some(addr) = member
+        .http_addr
+        .filter(|_| member.state != MemberState::Down && member.state != MemberState::Left)
+    else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{name} is {}; it cannot take the request",
+                member.state.as_str()
+            ),
+        );
+    };
+    let url = format!("http://{addr}/cluster/nodes/{name}/{action}");
+    match crate::cli::http_call(
+        axum::http::Method::POST,
+        &url,
+        &[(crate::proxy::HOP_HEADER, "1")],
+    )
+    .await
+    {
+        Ok((status, body)) => {
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(err) => error(StatusCode::BAD_GATEWAY, err.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteQuery {
+    session: Option<String>,
+    ip: Option<std::net::IpAddr>,
+}
+
+/// Where a request with this session id (or from this client address) goes: owner first.
+async fn route_of(State(context): State<NodeContext>, Query(query): Query<RouteQuery>) -> Response {
+    let routing = context.routing();
+    let key =
+        crate::balancer::RoutingKey::for_request(routing.key(), query.session.as_deref(), query.ip);
+    axum::Json(serde_json::json!({
+        "strategy": routing.strategy().as_str(),
+        "key": format!("{key:?}"),
+        "owners": routing.owners(&key),
     }))
     .into_response()
 }

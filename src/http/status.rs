@@ -93,6 +93,8 @@ pub struct BalancerStatus {
     pub key: String,
     /// Members that receive work.
     pub members: Vec<String>,
+    /// Per member: requests this node proxied there (served here, for this node), failures, in flight.
+    pub targets: Vec<crate::routing::TargetStats>,
 }
 
 impl MemberStatus {
@@ -162,6 +164,11 @@ impl ClusterStatus {
             strategy: &'a str,
             key: &'a str,
             members: Names<'a>,
+            targets: Targets<'a>,
+        }
+        #[derive(Serialize)]
+        struct Targets<'a> {
+            target: &'a [crate::routing::TargetStats],
         }
         #[derive(Serialize)]
         struct XmlStatus<'a> {
@@ -197,6 +204,9 @@ impl ClusterStatus {
                 key: &balancer.key,
                 members: Names {
                     name: &balancer.members,
+                },
+                targets: Targets {
+                    target: &balancer.targets,
                 },
             }),
             gossip: &self.gossip,

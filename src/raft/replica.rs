@@ -651,10 +651,7 @@ async fn reconcile(
             .collect();
         for id in gone {
             if learners.contains(&id) {
-                info!(
-                    raft_id = id,
-                    "removing learner gone for {remove_after:?}"
-                );
+                info!(raft_id = id, "removing learner gone for {remove_after:?}");
                 let _ = replica
                     .raft
                     .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
@@ -666,10 +663,7 @@ async fn reconcile(
             if remaining.is_empty() || live_remaining < remaining.len() / 2 + 1 {
                 continue;
             }
-            info!(
-                raft_id = id,
-                "removing voter gone for {remove_after:?}"
-            );
+            info!(raft_id = id, "removing voter gone for {remove_after:?}");
             match replica
                 .raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)

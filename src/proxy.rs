@@ -1,0 +1,1016 @@
+//! Forwards a request to another member over pooled keep-alive HTTP/1.1 connections.
+//!
+//! One hyper client (and so one connection pool) per member, so a member that goes down or leaves has
+//! its pool dropped without touching the others. Bodies stream both ways; nothing is buffered unless the
+//! caller asks for it with [`buffer_for_retry`].
+//!
+//! Retries are the caller's loop over the balancer's candidates. A request can only be sent twice if it
+//! is still in hand: [`buffer_for_retry`] keeps requests whose body has a known length ≤ a limit
+//! ([`RETRY_BUFFER_LIMIT`] by default; bodiless requests always qualify) in memory; larger or chunked
+//! bodies are forwarded once, streaming, and a failure is answered with an error instead of a retry.
+//! Upgrades (WebSocket) are not proxied: `Upgrade` is a hop-by-hop header and is removed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use axum::http::{Method, Version};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Frame, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::balancer::Target;
+
+/// Set on proxied requests (value: the forwarding node): the receiver must serve locally, never proxy again.
+pub const HOP_HEADER: &str = "x-micro-tomcat-hop";
+/// How long opening a connection to a member may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a member may take to send response headers, counted from the start of the exchange.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consecutive failures after which a member is ejected from balancing.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+/// How long an ejected member gets no work before it is tried again.
+pub const EJECTION_WINDOW: Duration = Duration::from_secs(5);
+/// Bodies up to this size are kept in memory so the request can be retried on another member.
+pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeouts and ejection policy; [`Default`] uses the constants above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+    /// How long until the response headers arrive.
+    pub response_timeout: Duration,
+    /// Consecutive failures that eject a member.
+    pub eject_after_failures: u32,
+    /// How long an ejection lasts.
+    pub ejection_window: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: CONNECT_TIMEOUT,
+            response_timeout: RESPONSE_TIMEOUT,
+            eject_after_failures: EJECT_AFTER_FAILURES,
+            ejection_window: EJECTION_WINDOW,
+        }
+    }
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection could be opened; the request never left this node.
+    #[error("could not connect to member {target}")]
+    Connect {
+        /// The member's name.
+        target: String,
+        /// What the client reported.
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The connection failed after the request was (partly) written, before response headers arrived.
+    #[error("member {target} failed before responding")]
+    BeforeResponse {
+        /// The member's name.
+        target: String,
+        /// What the client reported.
+        source: hyper_util::client::legacy::Error,
+        /// Whether any of the request body had been handed to the connection.
+        body_sent: bool,
+    },
+    /// No response headers within the response timeout.
+    #[error("member {target} sent no response within the timeout")]
+    Timeout {
+        /// The member's name.
+        target: String,
+    },
+    /// The request's URI cannot be pointed at the member (e.g. a `CONNECT` authority-form target).
+    #[error("cannot forward request URI to member {target}")]
+    InvalidUri {
+        /// The member's name.
+        target: String,
+        /// Why the URI was rejected.
+        source: axum::http::uri::InvalidUriParts,
+    },
+    /// Reading the client's request body failed; not the member's fault, answer 400.
+    #[error("reading the client's request body failed")]
+    ClientBody {
+        /// What went wrong while reading.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ProxyError {
+    /// Whether the request may be sent to another member (given the caller still holds it):
+    /// a connect failure always; a failure after sending only for an `idempotent` request.
+    pub fn is_retryable(&self, idempotent: bool) -> bool {
+        match self {
+            ProxyError::Connect { .. } => true,
+            ProxyError::BeforeResponse { .. } | ProxyError::Timeout { .. } => idempotent,
+            ProxyError::InvalidUri { .. } | ProxyError::ClientBody { .. } => false,
+        }
+    }
+
+    /// The member the failure is about, if any.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            ProxyError::Connect { target, .. }
+            | ProxyError::BeforeResponse { target, .. }
+            | ProxyError::Timeout { target }
+            | ProxyError::InvalidUri { target, .. } => Some(target),
+            ProxyError::ClientBody { .. } => None,
+        }
+    }
+}
+
+/// Whether sending `method` twice has the effect of sending it once (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// A request held in memory, so it can be sent to one member after another.
+#[derive(Debug, Clone)]
+pub struct ReplayableRequest {
+    parts: Parts,
+    body: Bytes,
+}
+
+impl ReplayableRequest {
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.parts.method
+    }
+
+    /// A fresh copy of the request, ready for [`Proxy::forward`].
+    pub fn to_request(&self) -> Request {
+        Request::from_parts(self.parts.clone(), Body::from(self.body.clone()))
+    }
+}
+
+/// A request made ready for forwarding by [`buffer_for_retry`].
+#[derive(Debug)]
+pub enum PreparedRequest {
+    /// Held in memory: may be sent again after a retryable failure.
+    Replayable(ReplayableRequest),
+    /// Too large or of unknown length: forwarded once, streaming.
+    Streaming(Request),
+}
+
+/// Keeps `request` in memory when its body's length is known and at most `limit` bytes (bodiless
+/// requests always qualify); otherwise hands it back untouched for a single streaming attempt.
+pub async fn buffer_for_retry(
+    request: Request,
+    limit: usize,
+) -> Result<PreparedRequest, ProxyError> {
+    let fits = request
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|upper| upper <= limit as u64);
+    if !fits {
+        return Ok(PreparedRequest::Streaming(request));
+    }
+    let (parts, body) = request.into_parts();
+    // Limited guards against a body that sends more than its declared length.
+    let body = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|source| ProxyError::ClientBody { source })?
+        .to_bytes();
+    Ok(PreparedRequest::Replayable(ReplayableRequest {
+        parts,
+        body,
+    }))
+}
+
+type PoolClient = Client<HttpConnector, Body>;
+
+/// Failure bookkeeping for one member.
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// Forwards requests to other members and tracks which of them keep failing.
+pub struct Proxy {
+    self_name: String,
+    hop_value: HeaderValue,
+    settings: ProxySettings,
+    clients: Mutex<HashMap<String, PoolClient>>,
+    health: Mutex<HashMap<String, Health>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("self_name", &self.self_name)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy for the node named `self_name`, with the default timeouts and ejection policy.
+    pub fn new(self_name: &str) -> Proxy {
+        Proxy::with_settings(self_name, ProxySettings::default())
+    }
+
+    /// A proxy with explicit timeouts and ejection policy.
+    pub fn with_settings(self_name: &str, settings: ProxySettings) -> Proxy {
+        Proxy {
+            self_name: self_name.to_owned(),
+            // Node names are validated config, but never trust them into a header blindly.
+            hop_value: HeaderValue::from_str(self_name).unwrap_or(HeaderValue::from_static("1")),
+            settings,
+            clients: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets member `name`: closes its idle pooled connections and its failure history. Call it when
+    /// the member goes down or leaves.
+    pub fn drop_pool(&self, name: &str) {
+        lock(&self.clients).remove(name);
+        lock(&self.health).remove(name);
+    }
+
+    /// Sends `request` to `target` and returns its response, whose body streams from the member.
+    /// Records the outcome for ejection; a failure of the client's own body is not held against the member.
+    pub async fn forward(
+        &self,
+        target: &Target,
+        request: Request,
+        client_ip: IpAddr,
+    ) -> Result<Response, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        parts.uri =
+            member_uri(target.http_addr, &parts.uri).map_err(|source| ProxyError::InvalidUri {
+                target: target.name.clone(),
+                source,
+            })?;
+        // The pool speaks HTTP/1.1 whatever the client spoke to us.
+        parts.version = Version::HTTP_11;
+        remove_hop_by_hop(&mut parts.headers);
+        append_forwarded_for(&mut parts.headers, client_ip);
+        if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+            parts
+                .headers
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        parts
+            .headers
+            .insert(HeaderName::from_static(HOP_HEADER), self.hop_value.clone());
+
+        // Retry safety depends on whether the body was consumed, and blame on who failed: watch both.
+        let body_sent = Arc::new(AtomicBool::new(false));
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let body = Body::new(WatchedBody {
+            inner: body,
+            body_sent: Arc::clone(&body_sent),
+            client_failed: Arc::clone(&client_failed),
+        });
+
+        let client = self.client(&target.name);
+        let exchange = client.request(Request::from_parts(parts, body));
+        let outcome = tokio::time::timeout(self.settings.response_timeout, exchange).await;
+        let error = match outcome {
+            Ok(Ok(response)) => {
+                self.record_success(&target.name);
+                let (mut parts, incoming) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                return Ok(Response::from_parts(parts, Body::new(incoming)));
+            }
+            Ok(Err(source)) if client_failed.load(Ordering::Relaxed) => {
+                return Err(ProxyError::ClientBody {
+                    source: Box::new(source),
+                });
+            }
+            Ok(Err(source)) if source.is_connect() => ProxyError::Connect {
+                target: target.name.clone(),
+                source,
+            },
+            Ok(Err(source)) => ProxyError::BeforeResponse {
+                target: target.name.clone(),
+                source,
+                body_sent: body_sent.load(Ordering::Relaxed),
+            },
+            Err(_elapsed) => ProxyError::Timeout {
+                target: target.name.clone(),
+            },
+        };
+        tracing::debug!(node = %self.self_name, peer = %target.name, error = %error, "proxy attempt failed");
+        self.record_failure(&target.name);
+        Err(error)
+    }
+
+    /// Counts a failed exchange with `name`; the threshold-th consecutive one ejects it, and so does any
+    /// failure of the trial request after an ejection ends.
+    pub fn record_failure(&self, name: &str) {
+        let now = Instant::now();
+        let mut health = lock(&self.health);
+        let entry = health.entry(name.to_owned()).or_default();
+        entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
+        let already_ejected = entry.ejected_until.is_some_and(|until| until > now);
+        if entry.consecutive_failures >= self.settings.eject_after_failures && !already_ejected {
+            entry.ejected_until = Some(now + self.settings.ejection_window);
+            tracing::warn!(
+                node = %self.self_name,
+                peer = %name,
+                failures = entry.consecutive_failures,
+                window_ms = self.settings.ejection_window.as_millis() as u64,
+                "member ejected from balancing"
+            );
+        }
+    }
+
+    /// Counts a successful exchange with `name`: clears its failures and any ejection.
+    pub fn record_success(&self, name: &str) {
+        let mut health = lock(&self.health);
+        if let Some(entry) = health.get_mut(name) {
+            if entry.ejected_until.is_some() {
+                tracing::info!(node = %self.self_name, peer = %name, "member back in balancing");
+            }
+            *entry = Health::default();
+        }
+    }
+
+    /// Members ejected now (≥ the failure threshold in a row, ejection window not yet over).
+    pub fn ejected(&self) -> HashSet<String> {
+        let now = Instant::now();
+        lock(&self.health)
+            .iter()
+            .filter(|(_, health)| health.ejected_until.is_some_and(|until| until > now))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether member `name` is ejected now.
+    pub fn is_ejected(&self, name: &str) -> bool {
+        let now = Instant::now();
+        lock(&self.health)
+            .get(name)
+            .and_then(|health| health.ejected_until)
+            .is_some_and(|until| until > now)
+    }
+
+    /// The pooled client for member `name`, created on first use.
+    fn client(&self, name: &str) -> PoolClient {
+        lock(&self.clients)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(self.settings.connect_timeout));
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .build(connector)
+            })
+            .clone()
+    }
+}
+
+/// A request body that notes whether any of it was handed over and whether reading it failed,
+/// keeping its size hint so a known length still goes out as `Content-Length`.
+struct WatchedBody {
+    inner: Body,
+    body_sent: Arc<AtomicBool>,
+    client_failed: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.body_sent.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Err(_))) => self.client_failed.store(true, Ordering::Relaxed),
+            Poll::Ready(None) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Locks `mutex`; the maps it guards are valid after any panic, so poison is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `uri`'s path and query, addressed to the member at `addr`.
+fn member_uri(addr: SocketAddr, uri: &Uri) -> Result<Uri, axum::http::uri::InvalidUriParts> {
+    let mut parts = axum::http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Authority::try_from(addr.to_string()).ok();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1), including
+/// any the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+}
+
+/// Appends `client_ip` to `X-Forwarded-For`, folding earlier values into one comma-separated line.
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+    let client = client_ip.to_canonical().to_string();
+    let mut value: Vec<u8> = Vec::new();
+    for earlier in headers.get_all(&X_FORWARDED_FOR) {
+        value.extend_from_slice(earlier.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(client.as_bytes());
+    let value = HeaderValue::from_bytes(&value)
+        .or_else(|_| HeaderValue::from_str(&client))
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    headers.insert(X_FORWARDED_FOR, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::Router;
+    use axum::routing::any;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+
+    async fn serve(router: Router) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    fn target(name: &str, http_addr: SocketAddr) -> Target {
+        Target {
+            name: name.to_owned(),
+            http_addr,
+        }
+    }
+
+    /// A port nothing listens on: bound, then released.
+    async fn dead_port() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("local addr")
+    }
+
+    /// Answers with what it received: method, URI, headers and body as JSON.
+    fn inspector() -> Router {
+        Router::new().fallback(any(|request: Request| async move {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let headers: HashMap<String, Vec<String>> = parts
+                .headers
+                .keys()
+                .map(|name| {
+                    let values = parts
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    (name.to_string(), values)
+                })
+                .collect();
+            let json = serde_json::json!({
+                "method": parts.method.as_str(),
+                "uri": parts.uri.to_string(),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            Response::builder()
+                .status(201)
+                .header("x-served-by", "node-2")
+                .header("keep-alive", "timeout=5")
+                .header("connection", "x-private")
+                .header("x-private", "secret")
+                .header("proxy-authenticate", "Basic")
+                .body(Body::from(json.to_string()))
+                .expect("response")
+        }))
+    }
+
+    async fn body_bytes(response: Response) -> Bytes {
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("response body")
+            .to_bytes()
+    }
+
+    #[tokio::test]
+    async fn forwards_request_and_rewrites_headers() {
+        let addr = serve(inspector()).await;
+        let proxy = Proxy::new("node-1");
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/app/echo?x=1&y=two")
+            .header("host", "entry.example:8080")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-custom", "kept")
+            .header("connection", "x-secret, keep-alive")
+            .header("x-secret", "1")
+            .header("keep-alive", "300")
+            .header("te", "trailers")
+            .header("proxy-authorization", "Basic Zm9v")
+            .header("upgrade", "h2c")
+            .body(Body::from("hello body"))
+            .expect("request");
+
+        let response = proxy
+            .forward(&target("node-2", addr), request, CLIENT)
+            .await
+            .expect("forwarded");
+
+        assert_eq!(response.status(), 201);
+        let headers = response.headers();
+        assert_eq!(headers["x-served-by"], "node-2");
+        for removed in [
+            "keep-alive",
+            "connection",
+            "x-private",
+            "proxy-authenticate",
+        ] {
+            assert!(!headers.contains_key(removed), "response kept {removed}");
+        }
+        let seen: serde_json::Value =
+            serde_json::from_slice(&body_bytes(response).await).expect("json");
+        assert_eq!(seen["method"], "POST");
+        assert_eq!(seen["uri"], "/app/echo?x=1&y=two");
+        assert_eq!(seen["body"], "hello body");
+        let header = |name: &str| seen["headers"][name].clone();
+        assert_eq!(
+            header("x-forwarded-for"),
+            serde_json::json!(["203.0.113.9, 198.51.100.7"])
+        );
+        assert_eq!(header("x-forwarded-proto"), serde_json::json!(["http"]));
+        assert_eq!(header(HOP_HEADER), serde_json::json!(["node-1"]));
+        assert_eq!(header("x-custom"), serde_json::json!(["kept"]));
+        assert_eq!(header("host"), serde_json::json!(["entry.example:8080"]));
+        assert_eq!(header("content-length"), serde_json::json!(["10"]));
+        for removed in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ] {
+            assert!(
+                seen["headers"].get(removed).is_none(),
+                "request kept {removed}"
+            );
+        }
+        assert!(proxy.ejected().is_empty());
+    }
+
+    #[tokio::test]
+    async fn keeps_an_existing_forwarded_proto() {
+        let addr = serve(inspector()).await;
+        let proxy = Proxy::new("node-1");
+        let request = Request::builder()
+            .uri("/")
+            .header("x-forwarded-proto", "https")
+            .body(Body::empty())
+            .expect("request");
+        let response = proxy
+            .forward(
+                &target("node-2", addr),
+                request,
+                IpAddr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 1]),
+            )
+            .await
+            .expect("forwarded");
+        let seen: serde_json::Value =
+            serde_json::from_slice(&body_bytes(response).await).expect("json");
+        assert_eq!(
+            seen["headers"]["x-forwarded-proto"],
+            serde_json::json!(["https"])
+        );
+        // An IPv4 client seen on a dual-stack socket is written as IPv4.
+        assert_eq!(
+            seen["headers"]["x-forwarded-for"],
+            serde_json::json!(["10.0.0.1"])
+        );
+        assert_eq!(seen["method"], "GET");
+    }
+
+    /// A request body fed chunk by chunk from the test.
+    struct ChannelBody(mpsc::Receiver<Bytes>);
+
+    impl hyper::body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_five_mebibytes_both_ways_in_lockstep() {
+        // The echo answers with the request body itself, so each chunk can come back only if neither
+        // direction buffers: the next chunk is sent only after the previous one returned.
+        let echo = Router::new().fallback(any(|request: Request| async move {
+            Response::new(request.into_body())
+        }));
+        let addr = serve(echo).await;
+        let proxy = Proxy::new("node-1");
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/upload")
+            .body(Body::new(ChannelBody(rx)))
+            .expect("request");
+
+        const CHUNK: usize = 64 * 1024;
+        const CHUNKS: usize = 80; // 5 MiB
+        let exchange = async {
+            let response = proxy
+                .forward(&target("node-2", addr), request, CLIENT)
+                .await
+                .expect("forwarded");
+            let mut body = response.into_body();
+            let mut received = Vec::with_capacity(CHUNK * CHUNKS);
+            let mut tx = Some(tx);
+            for i in 0..CHUNKS {
+                let sender = tx.as_ref().expect("sender");
+                sender
+                    .send(Bytes::from(vec![i as u8; CHUNK]))
+                    .await
+                    .expect("send");
+                if i + 1 == CHUNKS {
+                    tx = None; // end of the request body
+                }
+                while received.len() < (i + 1) * CHUNK {
+                    let frame = body.frame().await.expect("more body").expect("frame");
+                    if let Ok(data) = frame.into_data() {
+                        received.extend_from_slice(&data);
+                    }
+                }
+            }
+            drop(tx);
+            assert!(body.frame().await.is_none(), "body ends with the request");
+            received
+        };
+        let received = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("streaming must not stall");
+        assert_eq!(received.len(), CHUNK * CHUNKS);
+        for (i, chunk) in received.chunks(CHUNK).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "chunk {i} corrupted");
+        }
+    }
+
+    /// A request body that sends one chunk, then fails like a client hanging up mid-upload.
+    struct FailingBody(bool);
+
+    impl hyper::body::Body for FailingBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(Some(Err(std::io::Error::other("client hung up"))))
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"partial")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_client_body_is_not_blamed_on_the_member() {
+        let addr = serve(inspector()).await;
+        let proxy = Proxy::new("node-1");
+        for _ in 0..EJECT_AFTER_FAILURES {
+            let request = Request::builder()
+                .method(Method::PUT)
+                .uri("/upload")
+                .body(Body::new(FailingBody(false)))
+                .expect("request");
+            let error = proxy
+                .forward(&target("node-2", addr), request, CLIENT)
+                .await
+                .expect_err("body fails");
+            assert!(matches!(error, ProxyError::ClientBody { .. }), "{error:?}");
+            assert!(!error.is_retryable(true));
+        }
+        assert!(proxy.ejected().is_empty());
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_a_connect_error_and_retryable() {
+        let proxy = Proxy::new("node-1");
+        let dead = target("node-3", dead_port().await);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/x")
+            .body(Body::from("payload"))
+            .expect("request");
+        let error = proxy
+            .forward(&dead, request, CLIENT)
+            .await
+            .expect_err("dead port");
+        assert!(
+            matches!(error, ProxyError::Connect { ref target, .. } if target == "node-3"),
+            "{error:?}"
+        );
+        assert!(error.is_retryable(false));
+        assert!(error.is_retryable(true));
+        assert_eq!(error.target(), Some("node-3"));
+    }
+
+    #[tokio::test]
+    async fn failure_after_connect_is_retryable_only_when_idempotent() {
+        // Accepts, reads the request, hangs up without a response.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+            }
+        });
+        let proxy = Proxy::new("node-1");
+        let request = Request::builder()
+            .uri("/x")
+            .body(Body::empty())
+            .expect("request");
+        let error = proxy
+            .forward(&target("node-2", addr), request, CLIENT)
+            .await
+            .expect_err("hang-up");
+        assert!(
+            matches!(
+                error,
+                ProxyError::BeforeResponse {
+                    body_sent: false,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.is_retryable(false));
+        assert!(error.is_retryable(true));
+    }
+
+    #[tokio::test]
+    async fn silent_member_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket); // never answers
+            }
+        });
+        let settings = ProxySettings {
+            response_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        };
+        let proxy = Proxy::with_settings("node-1", settings);
+        let request = Request::builder()
+            .uri("/x")
+            .body(Body::empty())
+            .expect("request");
+        let started = std::time::Instant::now();
+        let error = proxy
+            .forward(&target("node-2", addr), request, CLIENT)
+            .await
+            .expect_err("timeout");
+        assert!(matches!(error, ProxyError::Timeout { .. }), "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(error.is_retryable(true));
+        assert!(!error.is_retryable(false));
+    }
+
+    #[tokio::test]
+    async fn three_failed_forwards_eject_a_member() {
+        let proxy = Proxy::new("node-1");
+        let dead = target("node-3", dead_port().await);
+        for attempt in 1..=3 {
+            let request = Request::builder()
+                .uri("/")
+                .body(Body::empty())
+                .expect("request");
+            let _ = proxy.forward(&dead, request, CLIENT).await;
+            assert_eq!(
+                proxy.is_ejected("node-3"),
+                attempt == 3,
+                "after {attempt} failures"
+            );
+        }
+        assert_eq!(proxy.ejected(), HashSet::from(["node-3".to_owned()]));
+        proxy.drop_pool("node-3");
+        assert!(proxy.ejected().is_empty());
+        assert!(!lock(&proxy.clients).contains_key("node-3"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_lasts_the_window_then_the_member_is_retried() {
+        let proxy = Proxy::new("node-1");
+        proxy.record_failure("node-2");
+        proxy.record_failure("node-2");
+        proxy.record_success("node-2");
+        proxy.record_failure("node-2");
+        assert!(proxy.ejected().is_empty(), "a success resets the count");
+
+        proxy.record_failure("node-2");
+        proxy.record_failure("node-2");
+        assert_eq!(proxy.ejected(), HashSet::from(["node-2".to_owned()]));
+        tokio::time::advance(EJECTION_WINDOW - Duration::from_millis(1)).await;
+        assert!(proxy.is_ejected("node-2"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(proxy.ejected().is_empty(), "window over: tried again");
+
+        // The trial request fails: ejected again at once, for a full window.
+        proxy.record_failure("node-2");
+        assert!(proxy.is_ejected("node-2"));
+        tokio::time::advance(EJECTION_WINDOW).await;
+        assert!(!proxy.is_ejected("node-2"));
+        // The trial succeeds: back for good, and it takes a full run of failures to eject it again.
+        proxy.record_success("node-2");
+        proxy.record_failure("node-2");
+        proxy.record_failure("node-2");
+        assert!(!proxy.is_ejected("node-2"));
+    }
+
+    #[tokio::test]
+    async fn buffered_request_is_retried_on_the_next_member() {
+        let live = serve(inspector()).await;
+        let proxy = Proxy::new("node-1");
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/orders")
+            .body(Body::from("order-42"))
+            .expect("request");
+        let PreparedRequest::Replayable(replayable) = buffer_for_retry(request, RETRY_BUFFER_LIMIT)
+            .await
+            .expect("buffer")
+        else {
+            panic!("a small body is buffered");
+        };
+        assert_eq!(replayable.method(), Method::POST);
+
+        let dead = target("node-3", dead_port().await);
+        let error = proxy
+            .forward(&dead, replayable.to_request(), CLIENT)
+            .await
+            .expect_err("dead");
+        assert!(error.is_retryable(is_idempotent(replayable.method())));
+        let response = proxy
+            .forward(&target("node-2", live), replayable.to_request(), CLIENT)
+            .await
+            .expect("retried");
+        let seen: serde_json::Value =
+            serde_json::from_slice(&body_bytes(response).await).expect("json");
+        assert_eq!(seen["body"], "order-42");
+    }
+
+    #[tokio::test]
+    async fn large_or_unsized_bodies_are_not_buffered() {
+        let big = Request::builder()
+            .body(Body::from(vec![7u8; RETRY_BUFFER_LIMIT + 1]))
+            .expect("request");
+        let PreparedRequest::Streaming(big) = buffer_for_retry(big, RETRY_BUFFER_LIMIT)
+            .await
+            .expect("prepare")
+        else {
+            panic!("over the limit");
+        };
+        assert_eq!(
+            body_bytes(Response::new(big.into_body())).await.len(),
+            RETRY_BUFFER_LIMIT + 1
+        );
+
+        let (_tx, rx) = mpsc::channel::<Bytes>(1);
+        let unsized_body = Request::builder()
+            .body(Body::new(ChannelBody(rx)))
+            .expect("request");
+        assert!(matches!(
+            buffer_for_retry(unsized_body, RETRY_BUFFER_LIMIT).await,
+            Ok(PreparedRequest::Streaming(_))
+        ));
+
+        let empty = Request::builder().body(Body::empty()).expect("request");
+        assert!(matches!(
+            buffer_for_retry(empty, 0).await,
+            Ok(PreparedRequest::Replayable(_))
+        ));
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for method in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"] {
+            assert!(is_idempotent(
+                &Method::from_bytes(method.as_bytes()).expect("method")
+            ));
+        }
+        for method in ["POST", "PATCH", "CONNECT"] {
+            assert!(!is_idempotent(
+                &Method::from_bytes(method.as_bytes()).expect("method")
+            ));
+        }
+    }
+
+    #[test]
+    fn member_uri_keeps_path_and_query() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8082));
+        let uri = member_uri(addr, &Uri::from_static("http://entry:8080/a/b?c=d")).expect("uri");
+        assert_eq!(uri, "http://127.0.0.1:8082/a/b?c=d");
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9000));
+        let uri = member_uri(v6, &Uri::from_static("/")).expect("uri");
+        assert_eq!(uri, "http://[::1]:9000/");
+    }
+}

@@ -1,0 +1,309 @@
+//! Routes every application request to its owner among the live members: served here, or proxied.
+//!
+//! The balancer picks an ordered list of candidates (owner first) from an immutable snapshot that is
+//! rebuilt when membership or local ejections change. A request that already carries the hop header is
+//! always served where it lands, so a request is proxied at most once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::balancer::{BalancerSnapshot, InFlight, LoadBalancer, RoutingKey, for_strategy};
+use crate::config::{HashKey, NodeConfig, Strategy};
+use crate::membership::{MemberState, Membership};
+use crate::proxy::{
+    HOP_HEADER, PreparedRequest, Proxy, RETRY_BUFFER_LIMIT, buffer_for_retry, is_idempotent,
+};
+
+/// Per-member routing counters, as this node sees them.
+#[derive(Debug, Default)]
+struct TargetCounters {
+    proxied: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A member's routing figures in status.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetStats {
+    /// The member.
+    pub name: String,
+    /// Requests this node proxied to it.
+    pub proxied: u64,
+    /// Proxy attempts to it that failed.
+    pub failures: u64,
+    /// Requests in flight to it (or served here, for this node).
+    pub in_flight: usize,
+    /// Ejected locally after repeated failures.
+    pub ejected: bool,
+}
+
+/// The routing state of one node.
+pub struct Routing {
+    me: String,
+    strategy: Strategy,
+    key: HashKey,
+    cookie: String,
+    retries: u32,
+    balancer: Arc<dyn LoadBalancer>,
+    in_flight: InFlight,
+    proxy: Proxy,
+    snapshot: ArcSwap<BalancerSnapshot>,
+    counters: std::sync::Mutex<BTreeMap<String, Arc<TargetCounters>>>,
+    served_locally: AtomicU64,
+}
+
+impl Routing {
+    /// Routing for this node, with an empty snapshot until [`Routing::maintain`] runs.
+    pub fn new(config: &NodeConfig) -> Routing {
+        let balancer = &config.cluster.balancer;
+        let in_flight = InFlight::default();
+        Routing {
+            me: config.me.name.clone(),
+            strategy: balancer.strategy,
+            key: balancer.key,
+            cookie: config.cluster.sessions.cookie.clone(),
+            retries: balancer.retries,
+            balancer: for_strategy(balancer.strategy, in_flight.clone()),
+            in_flight,
+            proxy: Proxy::new(&config.me.name),
+            snapshot: ArcSwap::from_pointee(BalancerSnapshot::default()),
+            counters: std::sync::Mutex::new(BTreeMap::new()),
+            served_locally: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps the snapshot in line with membership and ejections, and drops the connection pools of
+    /// members that went down or left. Runs until `shutdown`.
+    pub async fn maintain(
+        self: Arc<Self>,
+        membership: Arc<Membership>,
+        shutdown: CancellationToken,
+    ) {
+        let mut changes = membership.changes();
+        let mut last_ejected: Option<HashSet<String>> = None;
+        let mut last_version = None;
+        loop {
+            let view = membership.view();
+            let ejected = self.proxy.ejected();
+            if last_version != Some(view.version) || last_ejected.as_ref() != Some(&ejected) {
+                for member in &view.members {
+                    if matches!(member.state, MemberState::Down | MemberState::Left) {
+                        self.proxy.drop_pool(&member.name);
+                    }
+                }
+                let next = BalancerSnapshot::build(&view, &ejected);
+                let names: Vec<&str> = next.targets().iter().map(|t| t.name.as_str()).collect();
+                if names != self.members() {
+                    info!(members = ?names, "balancer now routes to {} member(s)", names.len());
+                }
+                if !ejected.is_empty() && last_ejected.as_ref() != Some(&ejected) {
+                    warn!(ejected = ?ejected, "members ejected locally after repeated proxy failures");
+                }
+                self.snapshot.store(Arc::new(next));
+                last_version = Some(view.version);
+                last_ejected = Some(ejected);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+                // Ejections end on a timer; look again every so often.
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    /// Names of the members receiving work.
+    pub fn members(&self) -> Vec<String> {
+        self.snapshot
+            .load()
+            .targets()
+            .iter()
+            .map(|target| target.name.clone())
+            .collect()
+    }
+
+    /// The strategy in use.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The routing key in use.
+    pub fn key(&self) -> HashKey {
+        self.key
+    }
+
+    /// Routing figures per member, by name.
+    pub fn stats(&self) -> Vec<TargetStats> {
+        let ejected = self.proxy.ejected();
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut stats: BTreeMap<String, TargetStats> = counters
+            .into_iter()
+            .map(|(name, counters)| {
+                let stats = TargetStats {
+                    name: name.clone(),
+                    proxied: counters.proxied.load(Ordering::Relaxed),
+                    failures: counters.failures.load(Ordering::Relaxed),
+                    in_flight: self.in_flight.get(&name),
+                    ejected: ejected.contains(&name),
+                };
+                (name, stats)
+            })
+            .collect();
+        stats.insert(
+            self.me.clone(),
+            TargetStats {
+                name: self.me.clone(),
+                proxied: self.served_locally.load(Ordering::Relaxed),
+                failures: 0,
+                in_flight: self.in_flight.get(&self.me),
+                ejected: false,
+            },
+        );
+        stats.into_values().collect()
+    }
+
+    /// The ordered member names a request with this key would go to (owner first).
+    pub fn owners(&self, key: &RoutingKey) -> Vec<String> {
+        let snapshot = self.snapshot.load();
+        self.balancer
+            .candidates(key, &snapshot)
+            .into_iter()
+            .filter_map(|index| snapshot.targets().get(index).map(|t| t.name.clone()))
+            .collect()
+    }
+
+    /// The routing key of a request: its session cookie, else the client address.
+    pub fn key_for(&self, headers: &HeaderMap, client: IpAddr) -> RoutingKey {
+        let session = session_cookie(headers, &self.cookie);
+        RoutingKey::for_request(self.key, session.as_deref(), Some(client))
+    }
+
+    fn counters(&self, name: &str) -> Arc<TargetCounters> {
+        let mut counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters.entry(name.to_string()).or_default().clone()
+    }
+
+    async fn serve_here(&self, request: Request, next: Next) -> Response {
+        let _guard = self.in_flight.guard(&self.me);
+        self.served_locally.fetch_add(1, Ordering::Relaxed);
+        next.run(request).await
+    }
+}
+
+/// The value of cookie `name`, if the request has it.
+fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"').to_string())
+}
+
+fn bad_gateway(message: String) -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        axum::Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// The middleware: serve here or proxy to the owner, moving to the next candidate on failure.
+pub async fn route(
+    State(routing): State<Arc<Routing>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.headers().contains_key(HOP_HEADER) {
+        return routing.serve_here(request, next).await;
+    }
+    let key = routing.key_for(request.headers(), peer.ip());
+    let snapshot = routing.snapshot.load_full();
+    let order = routing.balancer.candidates(&key, &snapshot);
+    let Some(first) = order.first().and_then(|i| snapshot.targets().get(*i)) else {
+        // Nobody takes work (this node drains alone, or membership is still empty): serve here.
+        return routing.serve_here(request, next).await;
+    };
+    if first.name == routing.me {
+        return routing.serve_here(request, next).await;
+    }
+    let idempotent = is_idempotent(request.method());
+    // Small bodies are kept so the request can be replayed; large or chunked ones stream, once.
+    let (replayable, mut streaming) = match buffer_for_retry(request, RETRY_BUFFER_LIMIT).await {
+        Ok(PreparedRequest::Replayable(replayable)) => (Some(replayable), None),
+        Ok(PreparedRequest::Streaming(request)) => (None, Some(request)),
+        Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+    };
+    let attempts = 1 + routing.retries as usize;
+    let mut last_error = String::from("no member could take the request");
+    for index in order.into_iter().take(attempts) {
+        let Some(target) = snapshot.targets().get(index) else {
+            continue;
+        };
+        let request = match (&replayable, streaming.take()) {
+            (Some(replayable), _) => replayable.to_request(),
+            (None, Some(request)) => request,
+            (None, None) => break,
+        };
+        if target.name == routing.me {
+            return routing.serve_here(request, next).await;
+        }
+        let counters = routing.counters(&target.name);
+        counters.proxied.fetch_add(1, Ordering::Relaxed);
+        let result = {
+            let _guard = routing.in_flight.guard(&target.name);
+            routing.proxy.forward(target, request, peer.ip()).await
+        };
+        match result {
+            Ok(response) => return response,
+            Err(err) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                let retry = err.is_retryable(idempotent) && replayable.is_some();
+                debug!(target = %target.name, error = %err, retry, "proxying failed");
+                last_error = err.to_string();
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    bad_gateway(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_session_cookie_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            "a=1; MTSESSIONID=abc; b=2".parse().expect("header"),
+        );
+        assert_eq!(
+            session_cookie(&headers, "MTSESSIONID").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(session_cookie(&headers, "missing"), None);
+        headers.append(header::COOKIE, "other=\"x\"".parse().expect("header"));
+        assert_eq!(session_cookie(&headers, "other").as_deref(), Some("x"));
+    }
+}
