@@ -224,15 +224,25 @@ fn bad_gateway(message: String) -> Response {
         .into_response()
 }
 
+/// Header carrying one id per client request; a retry on another member carries the same id, so an
+/// application can recognise a replay (the demo counter does) and answer it without doing it twice.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// The middleware: serve here or proxy to the owner, moving to the next candidate on failure.
 pub async fn route(
     State(routing): State<Arc<Routing>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if request.headers().contains_key(HOP_HEADER) {
         return routing.serve_here(request, next).await;
+    }
+    if !request.headers().contains_key(REQUEST_ID_HEADER) {
+        let id = proto::raft::SessionId::generate().to_string();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
     }
     let key = routing.key_for(request.headers(), peer.ip());
     let snapshot = routing.snapshot.load_full();

@@ -98,11 +98,15 @@ impl Cluster {
 
     /// Like [`Cluster::new`], with the given `<raft>` attributes.
     pub fn with_raft(founders: usize, raft_attrs: &str) -> Cluster {
+        Cluster::with_elements(founders, &format!("<raft {raft_attrs}/>"))
+    }
+
+    /// Like [`Cluster::new`], with these elements (besides `<gossip>` and `<nodes>`) in the file.
+    pub fn with_elements(founders: usize, elements: &str) -> Cluster {
         let lock = cluster_lock();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = BTreeMap::new();
-        let mut xml =
-            format!("<cluster id=\"test\">\n  {GOSSIP}\n  <raft {raft_attrs}/>\n  <nodes>\n");
+        let mut xml = format!("<cluster id=\"test\">\n  {GOSSIP}\n  {elements}\n  <nodes>\n");
         for index in 1..=founders {
             let name = format!("node-{index}");
             let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -191,7 +195,10 @@ impl Cluster {
         let child = Command::new(BIN)
             .args(&node.args)
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "info,chitchat=warn,openraft=warn")
+            .env(
+                "RUST_LOG",
+                "info,chitchat=warn,openraft=warn,openraft::core::raft_core=off",
+            )
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .stdin(Stdio::null())
