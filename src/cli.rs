@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// Where this node keeps its data (default: <raft data-dir>/<name>).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// A folder of static files to serve (overrides <app docroot>).
+    #[arg(long)]
+    pub docroot: Option<PathBuf>,
+    /// This node's local application, http://IP:PORT (overrides <app upstream>).
+    #[arg(long)]
+    pub upstream: Option<String>,
 }
 
 impl RunArgs {
@@ -74,6 +80,8 @@ impl RunArgs {
             cluster: self.cluster.clone(),
             seeds: self.seeds.clone(),
             data_dir: self.data_dir.clone(),
+            docroot: self.docroot.clone(),
+            upstream: self.upstream.clone(),
         }
     }
 }

@@ -12,6 +12,9 @@ use tokio::sync::broadcast;
 
 /// How many events a node remembers.
 pub const EVENT_HISTORY: usize = 1024;
+/// How many live events a subscriber may fall behind before its receiver lags. Smaller than the
+/// history on purpose: a lagging subscriber re-reads what it missed from the history (`since`).
+pub const LIVE_BUFFER: usize = EVENT_HISTORY / 4;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,6 +35,16 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in declaration order (the index of [`EventLog::counts`]).
+    pub const ALL: [EventKind; 6] = [
+        EventKind::NodeUp,
+        EventKind::NodeDown,
+        EventKind::NodeLeft,
+        EventKind::NodeDraining,
+        EventKind::LeaderChanged,
+        EventKind::ConfigReloaded,
+    ];
+
     /// The name used in JSON and as the SSE event name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +76,8 @@ pub struct ClusterEvent {
 struct History {
     next_seq: u64,
     events: VecDeque<ClusterEvent>,
+    /// Events recorded since start per kind, indexed like [`EventKind::ALL`] (the history forgets).
+    counts: [u64; EventKind::ALL.len()],
 }
 
 /// The shared, bounded event history with a live feed.
@@ -81,11 +96,12 @@ impl Default for EventLog {
 impl EventLog {
     /// An empty history.
     pub fn new() -> EventLog {
-        let (live, _) = broadcast::channel(EVENT_HISTORY);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
         EventLog {
             history: Arc::new(Mutex::new(History {
                 next_seq: 1,
                 events: VecDeque::with_capacity(EVENT_HISTORY),
+                counts: [0; EventKind::ALL.len()],
             })),
             live,
         }
@@ -102,6 +118,7 @@ impl EventLog {
             reason,
         };
         history.next_seq += 1;
+        history.counts[kind as usize] += 1;
         if history.events.len() == EVENT_HISTORY {
             history.events.pop_front();
         }
@@ -109,6 +126,12 @@ impl EventLog {
         // Sent while holding the lock so subscribers see events in sequence order.
         let _ = self.live.send(event.clone());
         event
+    }
+
+    /// How many events of each kind were recorded since start, in [`EventKind::ALL`] order.
+    pub fn counts(&self) -> [(EventKind, u64); EventKind::ALL.len()] {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        EventKind::ALL.map(|kind| (kind, history.counts[kind as usize]))
     }
 
     /// Every remembered event with `seq > after`, oldest first.
@@ -163,6 +186,17 @@ mod tests {
         assert_eq!(all.first().map(|e| e.seq), Some(11));
         assert!(all.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1));
         assert_eq!(log.since(all[all.len() - 2].seq).len(), 1);
+        // Counts by kind outlive the bounded history.
+        assert_eq!(
+            log.counts()[0],
+            (EventKind::NodeUp, EVENT_HISTORY as u64 + 10)
+        );
+        assert!(
+            EventKind::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, kind)| *kind as usize == i)
+        );
     }
 
     #[tokio::test]

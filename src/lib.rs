@@ -3,6 +3,7 @@
 //! Nodes find each other by gossip ([`membership`]), and answer for the whole cluster over HTTP
 //! ([`http`]). [`node::run`] wires one node together; `main.rs` only parses flags and calls it.
 
+pub mod alerts;
 pub mod apps;
 pub mod balancer;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod raft;

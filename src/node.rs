@@ -12,11 +12,14 @@ use tower_sessions::{Expiry, SessionManagerLayer};
 use tracing::{info, warn};
 
 use crate::apps;
+use crate::apps::upstream::Upstream;
 use crate::config::NodeConfig;
 use crate::events::EventLog;
 use crate::http;
 use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsStatus};
 use crate::membership::{MemberState, Membership, MembershipError};
+use crate::metrics::Metrics;
+use crate::metrics::http::CountingListener;
 use crate::raft::replica::{Replica, ReplicaError};
 use crate::routing::{Routing, route};
 use crate::session::ClusterStore;
@@ -71,7 +74,10 @@ struct ContextInner {
     membership: Arc<Membership>,
     replica: Arc<Replica>,
     routing: Arc<Routing>,
+    upstream: Option<Arc<Upstream>>,
     events: EventLog,
+    closing: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeContext {
@@ -90,6 +96,11 @@ impl NodeContext {
         &self.inner.replica
     }
 
+    /// The local application in upstream mode, if any.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.inner.upstream.as_ref()
+    }
+
     /// Request routing of this node.
     pub fn routing(&self) -> &Arc<Routing> {
         &self.inner.routing
@@ -98,6 +109,17 @@ impl NodeContext {
     /// The event history.
     pub fn events(&self) -> &EventLog {
         &self.inner.events
+    }
+
+    /// This node's metrics (request figures, alerting counters).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Cancelled when the node stops serving HTTP: long-lived responses (event streams) end then, so
+    /// they do not hold up the shutdown.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.inner.closing
     }
 
     /// The status document as of now.
@@ -174,6 +196,11 @@ impl NodeContext {
         if !alone && !others_up {
             return Err("no other member reachable through gossip yet".to_string());
         }
+        if let Some(upstream) = self.upstream()
+            && !upstream.is_healthy()
+        {
+            return Err("the upstream application does not answer".to_string());
+        }
         self.replica().readiness()
     }
 }
@@ -201,7 +228,7 @@ pub fn describe_startup(config: &NodeConfig) -> String {
 }
 
 /// The applications: session API, demo app (with the cluster session store), stamped with the node.
-fn applications(context: &NodeContext) -> Router {
+fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
     let config = context.config();
     let sessions = &config.cluster.sessions;
     let store = ClusterStore::new(context.replica().clone(), sessions.max_bytes);
@@ -228,9 +255,23 @@ fn applications(context: &NodeContext) -> Router {
             response
         }
     });
-    let application = apps::demo::router(config.me.name.clone())
+    // What no application route matches: static files, then the upstream, then 404.
+    let mut tail = match context.upstream() {
+        Some(upstream) => upstream.clone().router(),
+        None => Router::new().fallback(not_found),
+    };
+    if let Some(docroot) = &config.cluster.app.docroot {
+        tail = apps::static_files::router(docroot, tail);
+    }
+    let mut application = Router::new();
+    for app in apps {
+        application = application.merge(app);
+    }
+    // The session layer wraps the embedded apps only: an upstream app owns its cookie (it uses the REST
+    // API), and tower-sessions would delete a cookie whose value is not one of its own ids.
+    let application = application
         .layer(session_layer)
-        .fallback(not_found)
+        .merge(tail)
         .layer(stamp.clone())
         .layer(axum::middleware::from_fn_with_state(
             context.routing().clone(),
@@ -248,9 +289,103 @@ async fn not_found() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) 
     )
 }
 
-/// Runs a node until `shutdown` is cancelled, then leaves the cluster gracefully.
+/// Runs a node serving the demo app until `shutdown` is cancelled, then leaves the cluster gracefully.
 pub async fn run(
     config: NodeConfig,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let demo = apps::demo::router(config.me.name.clone());
+    Node::builder(config)
+        .app(demo)
+        .listener(http_listener)
+        .run(shutdown)
+        .await
+}
+
+/// A cluster node: membership, the replicated session store, routing, and the applications it serves.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use micro_tomcat::config::{NodeConfig, RunOverrides};
+/// use micro_tomcat::node::Node;
+/// use tokio_util::sync::CancellationToken;
+/// use tower_sessions::Session;
+///
+/// async fn visits(session: Session) -> String {
+///     let n: u64 = session.get("visits").await.ok().flatten().unwrap_or(0) + 1;
+///     let _ = session.insert("visits", n).await;
+///     format!("visit {n}")
+/// }
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = NodeConfig::resolve(&RunOverrides {
+///     config: Some("cluster-config.xml".into()),
+///     name: "node-1".into(),
+///     ..Default::default()
+/// })?;
+/// let app = Router::new().route("/visits", get(visits));
+/// Node::builder(config).app(app).run(CancellationToken::new()).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Node;
+
+impl Node {
+    /// Starts describing a node that runs with `config`.
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            apps: Vec::new(),
+            listener: None,
+        }
+    }
+}
+
+/// Collects a node's applications; [`NodeBuilder::run`] starts it.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    apps: Vec<Router>,
+    listener: Option<TcpListener>,
+}
+
+impl NodeBuilder {
+    /// Adds an application. Its routes get routing, failover, `X-Served-By` and the cluster's
+    /// `tower_sessions::Session`; it must not set a fallback (static files and the upstream use it).
+    pub fn app(mut self, router: Router) -> NodeBuilder {
+        self.apps.push(router);
+        self
+    }
+
+    /// Serves HTTP on this listener instead of binding `--http`.
+    pub fn listener(mut self, listener: TcpListener) -> NodeBuilder {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Runs the node until `shutdown` is cancelled, then leaves the cluster gracefully.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
+        let NodeBuilder {
+            config,
+            apps,
+            listener,
+        } = self;
+        let http_listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(config.me.http)
+                .await
+                .map_err(|source| NodeError::Http {
+                    addr: config.me.http,
+                    source,
+                })?,
+        };
+        serve(config, apps, http_listener, shutdown).await
+    }
+}
+
+async fn serve(
+    config: NodeConfig,
+    apps: Vec<Router>,
     http_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
@@ -288,17 +423,58 @@ pub async fn run(
     let name = config.me.name.clone();
     let routing = Arc::new(Routing::new(&config));
     tasks.spawn(routing.clone().maintain(membership.clone(), stop.clone()));
+    let upstream = match &config.cluster.app.upstream {
+        Some(url) => match crate::config::parse_upstream(url) {
+            Ok(addr) => {
+                let upstream = Upstream::new(
+                    addr,
+                    &config.me.name,
+                    config.me.http,
+                    &config.cluster.sessions.cookie,
+                );
+                tasks.spawn(upstream.clone().watch(membership.clone(), stop.clone()));
+                Some(upstream)
+            }
+            // Validated when the config was loaded; a bad value here is a bug, not user input.
+            Err(problem) => {
+                warn!(upstream = %url, "ignoring upstream: {problem}");
+                None
+            }
+        },
+        None => None,
+    };
+    let http_stop = CancellationToken::new();
+    let config_metrics_enabled = config.cluster.metrics.enabled;
     let context = NodeContext {
         inner: Arc::new(ContextInner {
             config,
             membership,
             replica,
             routing,
+            upstream,
             events,
+            closing: http_stop.clone(),
+            metrics: Arc::new(Metrics::new(config_metrics_enabled)),
         }),
     };
-    let app = http::router(context.clone()).merge(applications(&context));
-    let http_stop = CancellationToken::new();
+    let mut app = http::router(context.clone()).merge(applications(&context, apps));
+    if context.metrics().enabled() {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            context.metrics().http().clone(),
+            crate::metrics::http::measure,
+        ));
+    }
+    // Alerts stop as soon as the node starts leaving, so its own shutdown raises none.
+    let alerts_stop = stop.child_token();
+    if let Some(alerts) = context.config().cluster.alerts.clone() {
+        crate::alerts::start(context.clone(), alerts, &tasks, alerts_stop.clone());
+    }
+    // Counted for `micro_tomcat_http_connections_open`. `tap_io` adds nothing but lets axum's
+    // `ConnectInfo<SocketAddr>` work with a listener other than a bare `TcpListener`.
+    let http_listener = axum::serve::ListenerExt::tap_io(
+        CountingListener::new(http_listener, context.metrics().http().clone()),
+        |_| {},
+    );
     let mut server = {
         let http_stop = http_stop.clone();
         tokio::spawn(async move {
@@ -338,6 +514,7 @@ pub async fn run(
         .membership()
         .set_status(proto::gossip::NodeStatus::Leaving)
         .await;
+    alerts_stop.cancel();
     http_stop.cancel();
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}

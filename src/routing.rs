@@ -61,6 +61,10 @@ pub struct Routing {
     snapshot: ArcSwap<BalancerSnapshot>,
     counters: std::sync::Mutex<BTreeMap<String, Arc<TargetCounters>>>,
     served_locally: AtomicU64,
+    /// Requests sent to a further candidate after a failure.
+    retried: AtomicU64,
+    /// Whether serving here can fail for reasons routing can avoid (upstream mode).
+    local_may_fail: bool,
 }
 
 impl Routing {
@@ -80,6 +84,8 @@ impl Routing {
             snapshot: ArcSwap::from_pointee(BalancerSnapshot::default()),
             counters: std::sync::Mutex::new(BTreeMap::new()),
             served_locally: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            local_may_fail: config.cluster.app.upstream.is_some(),
         }
     }
 
@@ -173,6 +179,11 @@ impl Routing {
         stats.into_values().collect()
     }
 
+    /// Attempts made on a next member after the previous one failed, since start.
+    pub fn retries(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
     /// The ordered member names a request with this key would go to (owner first).
     pub fn owners(&self, key: &RoutingKey) -> Vec<String> {
         let snapshot = self.snapshot.load();
@@ -205,7 +216,7 @@ impl Routing {
 }
 
 /// The value of cookie `name`, if the request has it.
-fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -251,7 +262,8 @@ pub async fn route(
         // Nobody takes work (this node drains alone, or membership is still empty): serve here.
         return routing.serve_here(request, next).await;
     };
-    if first.name == routing.me {
+    // In upstream mode the local application can be down too, so keep the request for a retry.
+    if first.name == routing.me && !routing.local_may_fail {
         return routing.serve_here(request, next).await;
     }
     let idempotent = is_idempotent(request.method());
@@ -263,7 +275,7 @@ pub async fn route(
     };
     let attempts = 1 + routing.retries as usize;
     let mut last_error = String::from("no member could take the request");
-    for index in order.into_iter().take(attempts) {
+    for (attempt, index) in order.into_iter().take(attempts).enumerate() {
         let Some(target) = snapshot.targets().get(index) else {
             continue;
         };
@@ -272,8 +284,19 @@ pub async fn route(
             (None, Some(request)) => request,
             (None, None) => break,
         };
+        if attempt > 0 {
+            routing.retried.fetch_add(1, Ordering::Relaxed);
+        }
         if target.name == routing.me {
-            return routing.serve_here(request, next).await;
+            let response = routing.serve_here(request, next.clone()).await;
+            let unavailable = response
+                .headers()
+                .contains_key(crate::apps::upstream::UNAVAILABLE_HEADER);
+            if unavailable && idempotent && replayable.is_some() {
+                last_error = "this node's application is unavailable".to_string();
+                continue;
+            }
+            return response;
         }
         let counters = routing.counters(&target.name);
         counters.proxied.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +305,18 @@ pub async fn route(
             routing.proxy.forward(target, request, peer.ip()).await
         };
         match result {
+            // The member is up but its application is not: like a failed member, when safe to retry.
+            Ok(response)
+                if response
+                    .headers()
+                    .contains_key(crate::apps::upstream::UNAVAILABLE_HEADER)
+                    && idempotent
+                    && replayable.is_some() =>
+            {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                last_error = format!("{}'s application is unavailable", target.name);
+                continue;
+            }
             Ok(response) => return response,
             Err(err) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);

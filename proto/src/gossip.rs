@@ -14,6 +14,9 @@ pub const KEY_HTTP_ADDR: &str = "http";
 pub const KEY_STATUS: &str = "status";
 /// Key: the node's load report, a [`LoadReport`].
 pub const KEY_LOAD: &str = "load";
+/// Key: whether the node can serve its applications (`1`) or not (`0`, e.g. its upstream is down).
+/// Absent means ready, so nodes that never publish it are routed to.
+pub const KEY_READY: &str = "ready";
 /// Key: the node's Raft id (decimal `u64`), chosen once per data dir and never reused.
 pub const KEY_RAFT_ID: &str = "raft_id";
 /// Key: the node's Raft storage state: `pristine` (empty, may bootstrap) or `member`.

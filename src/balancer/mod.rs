@@ -192,6 +192,7 @@ pub(crate) mod tests {
             load: None,
             raft_id: None,
             raft_pristine: None,
+            ready: true,
         }
     }
 

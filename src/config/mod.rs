@@ -70,6 +70,24 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const DEFAULT_CLUSTER_ID: &str = "micro-tomcat";
 /// Config files larger than this are refused rather than read (`/dev/zero` would never end).
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Default time between two evaluations of the alert rules, in milliseconds.
+pub const DEFAULT_ALERT_INTERVAL_MS: u64 = 1_000;
+/// Allowed alert evaluation interval in milliseconds.
+pub const ALERT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 100..=60_000;
+/// Allowed time a condition must hold before its alert fires, in milliseconds.
+pub const ALERT_FOR_MS_RANGE: RangeInclusive<u64> = 0..=86_400_000;
+/// Default window of the error-rate and latency rules, in milliseconds (five minutes).
+pub const DEFAULT_ALERT_WINDOW_MS: u64 = 300_000;
+/// Allowed window of the error-rate and latency rules, in milliseconds.
+pub const ALERT_WINDOW_MS_RANGE: RangeInclusive<u64> = 1_000..=86_400_000;
+/// Allowed error ratio threshold (a fraction of requests).
+pub const ALERT_RATIO_RANGE: RangeInclusive<f64> = 0.0001..=1.0;
+/// Allowed p99 latency threshold in milliseconds.
+pub const ALERT_LATENCY_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
+/// Allowed resident memory threshold in bytes (1 MiB to 1 PiB).
+pub const ALERT_MEMORY_BYTES_RANGE: RangeInclusive<u64> = 1_048_576..=1 << 50;
+/// Default `receiver` named in alert notifications.
+pub const DEFAULT_ALERT_RECEIVER: &str = "micro-tomcat";
 
 /// A configuration problem, displayed as one line a person can act on.
 #[derive(Debug, Error)]
@@ -153,6 +171,10 @@ pub struct ClusterConfig {
     pub security: SecurityConfig,
     /// What the nodes serve.
     pub app: AppConfig,
+    /// Prometheus metrics (`<metrics>`).
+    pub metrics: MetricsConfig,
+    /// Alert rules and receivers (`<alerts>`); `None` evaluates nothing.
+    pub alerts: Option<AlertsConfig>,
     /// The founding nodes, in file order.
     pub nodes: Vec<NodeSpec>,
     /// The file this came from, if any.
@@ -332,6 +354,93 @@ pub struct AppConfig {
     pub upstream: Option<String>,
 }
 
+/// Metrics settings (`<metrics>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Measure every request and serve `/metrics`; off, neither happens (404 on `/metrics`).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// In-node alerting (`<alerts>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    /// Time between two evaluations of the rules.
+    pub interval: Duration,
+    /// The `receiver` named in notifications.
+    pub receiver: String,
+    /// The rules, in file order.
+    pub rules: Vec<AlertRule>,
+    /// `http://` URLs every notification is POSTed to.
+    pub webhooks: Vec<String>,
+}
+
+/// One alert rule (`<rule>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    /// The alert's name (`alertname` label); unique within `<alerts>`.
+    pub name: String,
+    /// What is watched.
+    pub condition: AlertCondition,
+    /// How long the condition must hold before the alert fires.
+    pub for_duration: Duration,
+}
+
+/// What an alert rule watches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertCondition {
+    /// A member is down (one alert per member, label `member`).
+    MemberDown,
+    /// This node knows no Raft leader.
+    NoLeader,
+    /// More than `ratio` of the requests answered in `window` were 5xx.
+    ErrorRate {
+        /// The largest acceptable fraction of 5xx answers.
+        ratio: f64,
+        /// The window the fraction is taken over.
+        window: Duration,
+    },
+    /// The 99th percentile of request latency over `window` is above `threshold`.
+    P99Latency {
+        /// The largest acceptable p99.
+        threshold: Duration,
+        /// The window the percentile is taken over.
+        window: Duration,
+    },
+    /// The process's resident memory is above `bytes`.
+    Memory {
+        /// The largest acceptable resident set.
+        bytes: u64,
+    },
+}
+
+impl AlertCondition {
+    /// Every `kind` spelling, in the order messages list them.
+    pub const KINDS: [&str; 5] = [
+        "member-down",
+        "no-leader",
+        "error-rate",
+        "p99-latency",
+        "memory",
+    ];
+
+    /// The `kind` as spelled in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AlertCondition::MemberDown => "member-down",
+            AlertCondition::NoLeader => "no-leader",
+            AlertCondition::ErrorRate { .. } => "error-rate",
+            AlertCondition::P99Latency { .. } => "p99-latency",
+            AlertCondition::Memory { .. } => "memory",
+        }
+    }
+}
+
 /// One node: its name and its two listening addresses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSpec {
@@ -409,6 +518,8 @@ impl ClusterConfig {
             balancer: BalancerConfig::default(),
             security: SecurityConfig::default(),
             app: AppConfig::default(),
+            metrics: MetricsConfig::default(),
+            alerts: None,
             nodes: Vec::new(),
             source: None,
         }
@@ -460,6 +571,10 @@ pub struct RunOverrides {
     pub seeds: Vec<String>,
     /// `--data-dir DIR`.
     pub data_dir: Option<PathBuf>,
+    /// `--docroot DIR`: static files to serve (overrides `<app docroot>`).
+    pub docroot: Option<PathBuf>,
+    /// `--upstream http://IP:PORT`: the local application to forward to (overrides `<app upstream>`).
+    pub upstream: Option<String>,
 }
 
 /// Everything one node needs to run.
@@ -564,6 +679,14 @@ impl NodeConfig {
             Some(dir) => dir.clone(),
             None => cluster.raft.data_dir.join(name),
         };
+        if let Some(docroot) = &overrides.docroot {
+            cluster.app.docroot = Some(docroot.clone());
+        }
+        if let Some(raw) = &overrides.upstream {
+            parse_upstream(raw)
+                .map_err(|problem| flag(format!("--upstream {}: {problem}", quote(raw))))?;
+            cluster.app.upstream = Some(raw.clone());
+        }
         Ok(NodeConfig {
             cluster,
             me,
@@ -572,6 +695,20 @@ impl NodeConfig {
             data_dir,
         })
     }
+}
+
+/// The `IP:PORT` of an upstream URL `http://IP:PORT[/]`: the node connects to it directly, without DNS.
+pub fn parse_upstream(raw: &str) -> Result<SocketAddr, String> {
+    let expected = "expected http://IP:PORT such as http://127.0.0.1:9000".to_owned();
+    let authority = raw
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .ok_or_else(|| expected.clone())?;
+    if authority.contains('/') {
+        return Err(format!("{expected} (no path)"));
+    }
+    parse_socket_addr(authority, "127.0.0.1:9000")
+        .map_err(|problem| format!("{expected}: {problem}"))
 }
 
 fn push_seed(seeds: &mut Vec<SocketAddr>, addr: SocketAddr, own: SocketAddr) {

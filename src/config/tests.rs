@@ -234,9 +234,9 @@ fn bom_comments_and_ipv6_are_fine() {
 
 #[test]
 fn escaped_attribute_values_are_unescaped() {
-    let text = with_element("<app upstream=\"http://h:1/?a=1&amp;b=2\"/>");
+    let text = with_element("<app docroot=\"/srv/a&amp;b\"/>");
     let config = parse(&text).expect("valid");
-    assert_eq!(config.app.upstream.as_deref(), Some("http://h:1/?a=1&b=2"));
+    assert_eq!(config.app.docroot.as_deref(), Some(Path::new("/srv/a&b")));
 }
 
 #[test]
@@ -596,13 +596,20 @@ fn security_and_app_rules() {
         "http://",
         "127.0.0.1:9000",
         "http://a b",
+        "http://localhost:9000",
+        "http://127.0.0.1:9000/app",
     ] {
         assert_error_contains(
             &with_element(&format!("<app upstream=\"{bad}\"/>")),
             "cluster-config.xml:2: <app upstream=",
-            "upstream must be an http:// URL",
+            "expected http://IP:PORT",
         );
     }
+    let config = parse(&with_element("<app upstream=\"http://127.0.0.1:9000/\"/>")).expect("valid");
+    assert_eq!(
+        config.app.upstream.as_deref(),
+        Some("http://127.0.0.1:9000/")
+    );
     let config = ClusterConfig::parse(
         &with_element("<app docroot=\"public\"/>"),
         Path::new("conf/c.xml"),
@@ -1138,4 +1145,189 @@ fn fuzz_parse_never_panics_and_errors_are_one_line() {
     }
     // Some mutations (e.g. in comments) keep the file valid; that path is exercised too.
     assert!(accepted > 0);
+}
+
+#[test]
+fn metrics_are_on_by_default_and_can_be_turned_off() {
+    let config = parse(&minimal(&three_nodes())).expect("valid");
+    assert!(config.metrics.enabled);
+    assert_eq!(config.alerts, None);
+    let config = parse(&with_element("<metrics enabled=\"false\"/>")).expect("valid");
+    assert!(!config.metrics.enabled);
+    assert_error_contains(
+        &with_element("<metrics enabled=\"no\"/>"),
+        "cluster-config.xml:2: <metrics enabled=\"no\">",
+        "enabled must be one of true, false",
+    );
+    assert_error_contains(
+        &with_element("<metrics path=\"/m\"/>"),
+        "cluster-config.xml:2: <metrics path=",
+        "unknown attribute path; allowed: enabled",
+    );
+}
+
+#[test]
+fn alerts_parse_into_rules_and_webhooks() {
+    let text = with_element(
+        "<alerts interval-ms=\"500\" receiver=\"ops\">\
+           <rule name=\"member-down\" kind=\"member-down\"/>\
+           <rule kind=\"no-leader\" for-ms=\"5000\"/>\
+           <rule name=\"errors\" kind=\"error-rate\" threshold=\"0.05\" window-ms=\"60000\"/>\
+           <rule kind=\"p99-latency\" threshold-ms=\"500\"/>\
+           <rule kind=\"memory\" threshold-bytes=\"1073741824\" for-ms=\"10000\"/>\
+           <webhook url=\"http://127.0.0.1:9099/hook\"/>\
+           <webhook url=\"http://alertmanager:9093/api/v2/alerts\"/>\
+         </alerts>",
+    );
+    let alerts = parse(&text).expect("valid").alerts.expect("alerts");
+    assert_eq!(alerts.interval, Duration::from_millis(500));
+    assert_eq!(alerts.receiver, "ops");
+    assert_eq!(
+        alerts.webhooks,
+        [
+            "http://127.0.0.1:9099/hook",
+            "http://alertmanager:9093/api/v2/alerts"
+        ]
+    );
+    let rules: Vec<(&str, &AlertCondition, u128)> = alerts
+        .rules
+        .iter()
+        .map(|rule| {
+            (
+                rule.name.as_str(),
+                &rule.condition,
+                rule.for_duration.as_millis(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("member-down", &AlertCondition::MemberDown, 0),
+            ("no-leader", &AlertCondition::NoLeader, 5000),
+            (
+                "errors",
+                &AlertCondition::ErrorRate {
+                    ratio: 0.05,
+                    window: Duration::from_secs(60)
+                },
+                0
+            ),
+            (
+                "p99-latency",
+                &AlertCondition::P99Latency {
+                    threshold: Duration::from_millis(500),
+                    window: Duration::from_secs(300)
+                },
+                0
+            ),
+            ("memory", &AlertCondition::Memory { bytes: 1 << 30 }, 10_000),
+        ]
+    );
+    let empty = parse(&with_element("<alerts/>")).expect("valid");
+    let empty = empty.alerts.expect("alerts");
+    assert_eq!(empty.interval, Duration::from_millis(1000));
+    assert_eq!(empty.receiver, "micro-tomcat");
+    assert!(empty.rules.is_empty() && empty.webhooks.is_empty());
+}
+
+#[test]
+fn alert_mistakes_are_one_line_errors() {
+    for (element, starts, contains) in [
+        (
+            "<alerts interval-ms=\"5\"/>",
+            "cluster-config.xml:2: <alerts interval-ms=\"5\">",
+            "interval-ms must be between 100 and 60000",
+        ),
+        (
+            "<alerts><rule/></alerts>",
+            "cluster-config.xml:2: <rule>",
+            "missing attribute kind; one of member-down, no-leader, error-rate, p99-latency, memory",
+        ),
+        (
+            "<alerts><rule kind=\"cpu\"/></alerts>",
+            "cluster-config.xml:2: <rule kind=\"cpu\">",
+            "kind must be one of member-down, no-leader",
+        ),
+        (
+            "<alerts><rule kind=\"error-rate\"/></alerts>",
+            "cluster-config.xml:2: <rule kind=\"error-rate\">",
+            "missing attribute threshold; kind=\"error-rate\" needs it",
+        ),
+        (
+            "<alerts><rule kind=\"error-rate\" threshold=\"5\"/></alerts>",
+            "cluster-config.xml:2: <rule threshold=\"5\">",
+            "threshold must be a number between 0.0001 and 1",
+        ),
+        (
+            "<alerts><rule kind=\"member-down\" threshold=\"5\"/></alerts>",
+            "cluster-config.xml:2: <rule threshold=\"5\">",
+            "unknown attribute threshold for kind=\"member-down\"; allowed: name, kind, for-ms",
+        ),
+        (
+            "<alerts><rule kind=\"memory\" threshold-bytes=\"12\"/></alerts>",
+            "cluster-config.xml:2: <rule threshold-bytes=\"12\">",
+            "threshold-bytes must be between 1048576 and",
+        ),
+        (
+            "<alerts><rule kind=\"p99-latency\" threshold-ms=\"fast\"/></alerts>",
+            "cluster-config.xml:2: <rule threshold-ms=\"fast\">",
+            "threshold-ms must be a whole number",
+        ),
+        (
+            "<alerts><rule kind=\"no-leader\" for-ms=\"-1\"/></alerts>",
+            "cluster-config.xml:2: <rule for-ms=\"-1\">",
+            "for-ms must be a whole number between 0 and 86400000",
+        ),
+        (
+            "<alerts><rule kind=\"no-leader\"/><rule kind=\"no-leader\"/></alerts>",
+            "cluster-config.xml:2: <rule>",
+            "duplicate rule name \"no-leader\" (first at line 2)",
+        ),
+        (
+            "<alerts><rule name=\"a b\" kind=\"no-leader\"/></alerts>",
+            "cluster-config.xml:2: <rule name=\"a b\">",
+            "name must be 1 to 64 characters",
+        ),
+        (
+            "<alerts><webhook/></alerts>",
+            "cluster-config.xml:2: <webhook>",
+            "missing attribute url",
+        ),
+        (
+            "<alerts><webhook url=\"https://example.com/hook\"/></alerts>",
+            "cluster-config.xml:2: <webhook url=",
+            "https is not supported",
+        ),
+        (
+            "<alerts><webhook url=\"127.0.0.1:9099\"/></alerts>",
+            "cluster-config.xml:2: <webhook url=",
+            "expected an http:// URL",
+        ),
+        (
+            "<alerts><email to=\"ops@example.com\"/></alerts>",
+            "cluster-config.xml:2: <email>",
+            "unknown element <email> inside <alerts>; allowed: <rule>, <webhook>",
+        ),
+        (
+            "<metrics enabled=\"false\"/><alerts><rule kind=\"p99-latency\" threshold-ms=\"500\"/></alerts>",
+            "cluster-config.xml:2: <rule kind=\"p99-latency\">",
+            "turns off; enable metrics or remove this rule",
+        ),
+    ] {
+        assert_error_contains(&with_element(element), starts, contains);
+    }
+    // Rules that need no request metrics are fine with metrics off.
+    let text = with_element(
+        "<metrics enabled=\"false\"/><alerts><rule kind=\"member-down\"/><rule kind=\"memory\" threshold-bytes=\"1048576\"/></alerts>",
+    );
+    assert_eq!(
+        parse(&text)
+            .expect("valid")
+            .alerts
+            .expect("alerts")
+            .rules
+            .len(),
+        2
+    );
 }

@@ -16,8 +16,8 @@ pub(super) struct Ctx<'a> {
 }
 
 /// The top-level children `<cluster>` accepts, in the order they are listed in messages.
-const CLUSTER_CHILDREN: [&str; 7] = [
-    "gossip", "raft", "sessions", "balancer", "security", "app", "nodes",
+const CLUSTER_CHILDREN: [&str; 9] = [
+    "gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "alerts", "nodes",
 ];
 
 impl Ctx<'_> {
@@ -274,6 +274,14 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         Some(element) => app(element, ctx)?,
         None => AppConfig::default(),
     };
+    let metrics = match found.get("metrics") {
+        Some(element) => metrics(element, ctx)?,
+        None => MetricsConfig::default(),
+    };
+    let alerts = match found.get("alerts") {
+        Some(element) => Some(alerts(element, ctx, &metrics)?),
+        None => None,
+    };
     let nodes = match found.get("nodes") {
         Some(element) => nodes(element, ctx)?,
         None => {
@@ -295,6 +303,8 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         balancer,
         security,
         app,
+        metrics,
+        alerts,
         nodes,
         source: None,
     })
@@ -486,23 +496,232 @@ fn app(element: &RawElement, ctx: &Ctx<'_>) -> Result<AppConfig, ConfigError> {
     let docroot = ctx.path(element, "docroot")?;
     let upstream = match element.attr("upstream") {
         None => None,
-        Some(raw) => match raw.strip_prefix("http://") {
-            Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
-                Some(raw.to_owned())
-            }
-            _ => {
+        Some(raw) => match super::parse_upstream(raw) {
+            Ok(_) => Some(raw.to_owned()),
+            Err(problem) => {
                 return Err(ctx.invalid(
                     element,
                     Some("upstream"),
-                    format!(
-                        "upstream must be an http:// URL such as http://127.0.0.1:9000, got {}",
-                        quote(raw)
-                    ),
+                    format!("upstream {}: {problem}", quote(raw)),
                 ));
             }
         },
     };
     Ok(AppConfig { docroot, upstream })
+}
+
+fn metrics(element: &RawElement, ctx: &Ctx<'_>) -> Result<MetricsConfig, ConfigError> {
+    ctx.only_attrs(element, &["enabled"])?;
+    ctx.no_children(element)?;
+    let enabled = ctx.choice(
+        element,
+        "enabled",
+        true,
+        &[("true", true), ("false", false)],
+    )?;
+    Ok(MetricsConfig { enabled })
+}
+
+/// Attributes every `<rule>` takes, whatever its kind.
+const RULE_ATTRS: [&str; 3] = ["name", "kind", "for-ms"];
+
+fn alerts(
+    element: &RawElement,
+    ctx: &Ctx<'_>,
+    metrics: &MetricsConfig,
+) -> Result<AlertsConfig, ConfigError> {
+    ctx.only_attrs(element, &["interval-ms", "receiver"])?;
+    let interval = ctx.whole(
+        element,
+        "interval-ms",
+        DEFAULT_ALERT_INTERVAL_MS,
+        ALERT_INTERVAL_MS_RANGE,
+    )?;
+    let receiver = match element.attr("receiver") {
+        None => DEFAULT_ALERT_RECEIVER.to_owned(),
+        Some(raw) => {
+            check_identifier(raw).map_err(|problem| {
+                ctx.invalid(element, Some("receiver"), format!("receiver {problem}"))
+            })?;
+            raw.to_owned()
+        }
+    };
+    let mut rules: Vec<AlertRule> = Vec::new();
+    let mut lines: HashMap<String, usize> = HashMap::new();
+    let mut webhooks = Vec::new();
+    for child in &element.children {
+        match child.name.as_str() {
+            "rule" => {
+                let rule = alert_rule(child, ctx, metrics)?;
+                if let Some(first_line) = lines.insert(rule.name.clone(), child.line) {
+                    return Err(ctx.invalid(
+                        child,
+                        Some("name"),
+                        format!(
+                            "duplicate rule name {} (first at line {first_line}); give each rule its own name",
+                            quote(&rule.name)
+                        ),
+                    ));
+                }
+                rules.push(rule);
+            }
+            "webhook" => {
+                ctx.only_attrs(child, &["url"])?;
+                ctx.no_children(child)?;
+                let url = ctx.required(child, "url")?;
+                if let Err(problem) = check_webhook_url(url) {
+                    return Err(ctx.invalid(
+                        child,
+                        Some("url"),
+                        format!("url {}: {problem}", quote(url)),
+                    ));
+                }
+                webhooks.push(url.to_owned());
+            }
+            other => {
+                return Err(ctx.invalid(
+                    child,
+                    None,
+                    format!(
+                        "unknown element <{other}> inside <alerts>; allowed: <rule>, <webhook>"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(AlertsConfig {
+        interval: Duration::from_millis(interval),
+        receiver,
+        rules,
+        webhooks,
+    })
+}
+
+fn alert_rule(
+    element: &RawElement,
+    ctx: &Ctx<'_>,
+    metrics: &MetricsConfig,
+) -> Result<AlertRule, ConfigError> {
+    ctx.no_children(element)?;
+    let kinds = AlertCondition::KINDS.map(|kind| (kind, kind));
+    let Some(raw_kind) = element.attr("kind") else {
+        return Err(ctx.invalid(
+            element,
+            None,
+            format!(
+                "missing attribute kind; one of {}",
+                AlertCondition::KINDS.join(", ")
+            ),
+        ));
+    };
+    let kind = ctx.choice(element, "kind", raw_kind, &kinds)?;
+    let extra: &[&str] = match kind {
+        "error-rate" => &["threshold", "window-ms"],
+        "p99-latency" => &["threshold-ms", "window-ms"],
+        "memory" => &["threshold-bytes"],
+        _ => &[],
+    };
+    let allowed: Vec<&str> = RULE_ATTRS.iter().chain(extra).copied().collect();
+    for (key, _) in &element.attrs {
+        if !allowed.contains(&key.as_str()) {
+            return Err(ctx.invalid(
+                element,
+                Some(key),
+                format!(
+                    "unknown attribute {key} for kind=\"{kind}\"; allowed: {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    let name = match element.attr("name") {
+        None => kind.to_owned(),
+        Some(raw) => {
+            check_identifier(raw)
+                .map_err(|problem| ctx.invalid(element, Some("name"), format!("name {problem}")))?;
+            raw.to_owned()
+        }
+    };
+    let needs = |attr: &str| -> Result<(), ConfigError> {
+        match element.attr(attr) {
+            Some(_) => Ok(()),
+            None => Err(ctx.invalid(
+                element,
+                Some("kind"),
+                format!("missing attribute {attr}; kind=\"{kind}\" needs it"),
+            )),
+        }
+    };
+    let window = || -> Result<Duration, ConfigError> {
+        let ms = ctx.whole(
+            element,
+            "window-ms",
+            DEFAULT_ALERT_WINDOW_MS,
+            ALERT_WINDOW_MS_RANGE,
+        )?;
+        Ok(Duration::from_millis(ms))
+    };
+    let condition = match kind {
+        "member-down" => AlertCondition::MemberDown,
+        "no-leader" => AlertCondition::NoLeader,
+        "error-rate" => {
+            needs("threshold")?;
+            AlertCondition::ErrorRate {
+                ratio: ctx.decimal(element, "threshold", 0.0, ALERT_RATIO_RANGE)?,
+                window: window()?,
+            }
+        }
+        "p99-latency" => {
+            needs("threshold-ms")?;
+            let ms = ctx.whole(element, "threshold-ms", 0, ALERT_LATENCY_MS_RANGE)?;
+            AlertCondition::P99Latency {
+                threshold: Duration::from_millis(ms),
+                window: window()?,
+            }
+        }
+        _ => {
+            needs("threshold-bytes")?;
+            AlertCondition::Memory {
+                bytes: ctx.whole(element, "threshold-bytes", 0, ALERT_MEMORY_BYTES_RANGE)?,
+            }
+        }
+    };
+    if matches!(
+        condition,
+        AlertCondition::ErrorRate { .. } | AlertCondition::P99Latency { .. }
+    ) && !metrics.enabled
+    {
+        return Err(ctx.invalid(
+            element,
+            Some("kind"),
+            format!(
+                "kind=\"{kind}\" reads the request metrics, which <metrics enabled=\"false\"/> turns off; \
+                 enable metrics or remove this rule"
+            ),
+        ));
+    }
+    let for_ms = ctx.whole(element, "for-ms", 0, ALERT_FOR_MS_RANGE)?;
+    Ok(AlertRule {
+        name,
+        condition,
+        for_duration: Duration::from_millis(for_ms),
+    })
+}
+
+/// Webhook receivers are plain `http://host[:port][/path]` URLs (the node speaks no TLS).
+fn check_webhook_url(raw: &str) -> Result<(), String> {
+    let expected = "expected an http:// URL such as http://127.0.0.1:9099/hook";
+    if raw.starts_with("https://") {
+        return Err(format!("https is not supported; {expected}"));
+    }
+    match raw.parse::<axum::http::Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(())
+        }
+        _ => Err(expected.to_owned()),
+    }
 }
 
 fn nodes(element: &RawElement, ctx: &Ctx<'_>) -> Result<Vec<NodeSpec>, ConfigError> {

@@ -1,5 +1,7 @@
 //! The HTTP surface every node serves on `--http`.
 
+pub mod console;
+pub mod events;
 pub mod status;
 
 use axum::Router;
@@ -18,6 +20,7 @@ use status::ClusterStatus;
 pub fn router(context: NodeContext) -> Router {
     Router::new()
         .route("/ping", get(|| async { "pong" }))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/livez", get(|| async { "alive" }))
         .route("/readyz", get(readyz))
         .route("/cluster/status", get(cluster_status))
@@ -26,6 +29,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/cluster/route", get(route_of))
         .route("/cluster/nodes/{name}/drain", post(drain))
         .route("/cluster/nodes/{name}/undrain", post(undrain))
+        .merge(console::router())
         .with_state(context)
 }
 
@@ -76,12 +80,19 @@ async fn cluster_status(
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     after: Option<u64>,
+    /// With the event stream: also send `/cluster/status` snapshots (`event: status`).
+    status: Option<bool>,
 }
 
 async fn cluster_events(
     State(context): State<NodeContext>,
     Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
 ) -> Response {
+    if events::wants_event_stream(&headers) {
+        let with_status = query.status.unwrap_or(false);
+        return events::stream(context, &headers, query.after, with_status);
+    }
     let events = context.events().since(query.after.unwrap_or(0));
     axum::Json(serde_json::json!({ "events": events })).into_response()
 }

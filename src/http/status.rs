@@ -56,6 +56,8 @@ pub struct MemberStatus {
     pub memory_bytes: Option<u64>,
     /// Listed in the config file.
     pub founder: bool,
+    /// Able to serve its applications (false while its upstream is down).
+    pub ready: bool,
 }
 
 /// The `raft` object.
@@ -116,6 +118,7 @@ impl MemberStatus {
             cpu_percent: load.map(|load| load.cpu_percent),
             memory_bytes: load.map(|load| load.memory_bytes),
             founder: member.founder,
+            ready: member.ready,
         }
     }
 }

@@ -63,6 +63,7 @@ struct LocalState {
     load: Option<LoadReport>,
     raft_id: Option<u64>,
     raft_pristine: Option<bool>,
+    ready: bool,
 }
 
 impl Membership {
@@ -125,6 +126,7 @@ impl Membership {
             load: None,
             raft_id: None,
             raft_pristine: None,
+            ready: true,
         }));
         let mut observer = Observer::new(config, generation, events, local.clone());
         let view = Arc::new(ArcSwap::from_pointee(observer.initial_view()));
@@ -208,6 +210,18 @@ impl Membership {
             .set(gossip::KEY_LOAD, load.to_string());
     }
 
+    /// Publishes whether this node can serve its applications; others stop routing to it while not.
+    pub async fn set_ready(&self, ready: bool) {
+        if let Ok(mut local) = self.local.lock() {
+            local.ready = ready;
+        }
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(gossip::KEY_READY, if ready { "1" } else { "0" });
+    }
+
     /// Publishes this node's Raft id and whether its Raft store is still empty.
     pub async fn set_raft(&self, raft_id: u64, pristine: bool) {
         if let Ok(mut local) = self.local.lock() {
@@ -248,6 +262,7 @@ struct Observed {
     wire_version: Option<String>,
     raft_id: Option<String>,
     raft_state: Option<String>,
+    ready: Option<String>,
 }
 
 async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
@@ -264,6 +279,7 @@ async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
             wire_version: state.get(gossip::KEY_WIRE_VERSION).map(str::to_string),
             raft_id: state.get(gossip::KEY_RAFT_ID).map(str::to_string),
             raft_state: state.get(gossip::KEY_RAFT_STATE).map(str::to_string),
+            ready: state.get(gossip::KEY_READY).map(str::to_string),
         })
         .collect()
 }
@@ -325,11 +341,19 @@ impl Observer {
     }
 
     fn self_info(&mut self) -> MemberInfo {
-        let (status, load, raft_id, raft_pristine) = self
+        let (status, load, raft_id, raft_pristine, ready) = self
             .local
             .lock()
-            .map(|local| (local.status, local.load, local.raft_id, local.raft_pristine))
-            .unwrap_or((NodeStatus::Serving, None, None, None));
+            .map(|local| {
+                (
+                    local.status,
+                    local.load,
+                    local.raft_id,
+                    local.raft_pristine,
+                    local.ready,
+                )
+            })
+            .unwrap_or((NodeStatus::Serving, None, None, None, true));
         let state = match status {
             NodeStatus::Serving => MemberState::Up,
             NodeStatus::Draining => MemberState::Draining,
@@ -368,6 +392,7 @@ impl Observer {
             load,
             raft_id,
             raft_pristine,
+            ready,
         }
     }
 
@@ -395,8 +420,8 @@ impl Observer {
 
         let me = self.self_info();
         let mut structural = self.self_last.as_ref().is_none_or(|last| {
-            (last.state, last.raft_id, last.raft_pristine)
-                != (me.state, me.raft_id, me.raft_pristine)
+            (last.state, last.raft_id, last.raft_pristine, last.ready)
+                != (me.state, me.raft_id, me.raft_pristine, me.ready)
         });
         self.self_last = Some(me.clone());
         let mut members = vec![me];
@@ -426,6 +451,7 @@ impl Observer {
                 load: None,
                 raft_id: None,
                 raft_pristine: None,
+                ready: false,
             });
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -519,6 +545,7 @@ impl Observer {
                 Some(gossip::RAFT_MEMBER) => Some(false),
                 _ => None,
             },
+            ready: chosen.ready.as_deref() != Some("0"),
         })
     }
 
@@ -605,6 +632,7 @@ impl Observer {
             || previous.cluster_addr != info.cluster_addr
             || previous.raft_id != info.raft_id
             || previous.raft_pristine != info.raft_pristine
+            || previous.ready != info.ready
     }
 
     fn tracked_liveness_reason(&self, info: &MemberInfo) -> Option<String> {

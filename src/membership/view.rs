@@ -60,12 +60,14 @@ pub struct MemberInfo {
     pub raft_id: Option<u64>,
     /// Whether its Raft store is empty (`Some(true)`), holds state (`Some(false)`), or is unknown.
     pub raft_pristine: Option<bool>,
+    /// Whether it can serve its applications (false while, say, its upstream is down).
+    pub ready: bool,
 }
 
 impl MemberInfo {
     /// Whether new work may be sent to it.
     pub fn accepts_work(&self) -> bool {
-        self.state == MemberState::Up
+        self.state == MemberState::Up && self.ready
     }
 }
 

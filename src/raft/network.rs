@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -89,6 +90,38 @@ impl PeerError {
     }
 }
 
+/// Peer RPC traffic of this process (both directions, Raft and forwarded writes, hellos included).
+///
+/// Process-wide rather than per node: a process runs one node, and counting in the frame functions
+/// keeps every call site as it is.
+#[derive(Debug, Default)]
+pub struct PeerTraffic {
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
+}
+
+/// The counters of this process.
+pub static PEER_TRAFFIC: PeerTraffic = PeerTraffic {
+    bytes_sent: AtomicU64::new(0),
+    bytes_received: AtomicU64::new(0),
+    frames_sent: AtomicU64::new(0),
+    frames_received: AtomicU64::new(0),
+};
+
+impl PeerTraffic {
+    /// `(bytes sent, bytes received, frames sent, frames received)` since start.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.bytes_sent.load(Ordering::Relaxed),
+            self.bytes_received.load(Ordering::Relaxed),
+            self.frames_sent.load(Ordering::Relaxed),
+            self.frames_received.load(Ordering::Relaxed),
+        )
+    }
+}
+
 async fn write_frame<T: Serialize>(
     stream: &mut TcpStream,
     addr: SocketAddr,
@@ -101,7 +134,12 @@ async fn write_frame<T: Serialize>(
     stream
         .write_all(&frame)
         .await
-        .map_err(|source| PeerError::Io { addr, source })
+        .map_err(|source| PeerError::Io { addr, source })?;
+    PEER_TRAFFIC
+        .bytes_sent
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    PEER_TRAFFIC.frames_sent.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn read_frame<T: DeserializeOwned>(
@@ -140,6 +178,10 @@ async fn read_frame<T: DeserializeOwned>(
             ),
         });
     }
+    PEER_TRAFFIC
+        .bytes_received
+        .fetch_add((FRAME_HEADER_BYTES + len) as u64, Ordering::Relaxed);
+    PEER_TRAFFIC.frames_received.fetch_add(1, Ordering::Relaxed);
     decode_frame_body(&body).map_err(|err| PeerError::Protocol {
         addr,
         reason: err.to_string(),

@@ -84,6 +84,8 @@ pub struct Replica {
     client: PeerClient,
     touches: Mutex<HashMap<SessionId, u64>>,
     expired_total: AtomicU64,
+    created_total: AtomicU64,
+    deleted_total: AtomicU64,
 }
 
 /// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
@@ -197,6 +199,8 @@ impl Replica {
             client,
             touches: Mutex::new(HashMap::new()),
             expired_total: AtomicU64::new(0),
+            created_total: AtomicU64::new(0),
+            deleted_total: AtomicU64::new(0),
         });
         info!(node = %config.me.name, raft_id = id, pristine, "raft store opened in {}", data_dir.display());
 
@@ -254,6 +258,28 @@ impl Replica {
         self.expired_total.load(Ordering::Relaxed)
     }
 
+    /// Sessions created through this node (counted where the write entered, so once per session).
+    pub fn created_total(&self) -> u64 {
+        self.created_total.load(Ordering::Relaxed)
+    }
+
+    /// Sessions deleted through this node.
+    pub fn deleted_total(&self) -> u64 {
+        self.deleted_total.load(Ordering::Relaxed)
+    }
+
+    fn count_write(&self, response: &CommandResponse) {
+        match response {
+            CommandResponse::Created(_) => {
+                self.created_total.fetch_add(1, Ordering::Relaxed);
+            }
+            CommandResponse::Deleted => {
+                self.deleted_total.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
     /// Current Raft metrics.
     pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, PeerNode> {
         self.raft.metrics().borrow().clone()
@@ -287,7 +313,10 @@ impl Replica {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let leader = match self.raft.client_write(command.clone()).await {
-                Ok(response) => return Ok((response.log_id, response.data)),
+                Ok(response) => {
+                    self.count_write(&response.data);
+                    return Ok((response.log_id, response.data));
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
                 Err(RaftError::APIError(other)) => {
                     return Err(ConsensusError::Unknown(other.to_string()));
@@ -308,6 +337,7 @@ impl Replica {
                 {
                     Ok(PeerResponse::ClientWrite { log_id, response }) => {
                         self.wait_applied(log_id.index).await;
+                        self.count_write(&response);
                         return Ok((log_id, response));
                     }
                     Ok(PeerResponse::ForwardToLeader { .. }) => {}

@@ -84,7 +84,22 @@ pub struct Cluster {
     pub config: PathBuf,
     pub nodes: BTreeMap<String, NodeProc>,
     pub client: reqwest::Client,
+    /// The program every node runs (the `micro-tomcat` binary unless a test swaps in an example).
+    pub binary: PathBuf,
     _lock: MutexGuard<'static, ()>,
+}
+
+/// Path of a compiled example (`cargo test` builds examples next to the binary).
+pub fn example_binary(name: &str) -> PathBuf {
+    let bin = Path::new(BIN);
+    let dir = bin.parent().expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples`",
+        path.display()
+    );
+    path
 }
 
 /// Gossip settings for tests: the defaults, spelled out.
@@ -147,6 +162,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
+            binary: PathBuf::from(BIN),
             _lock: lock,
         }
     }
@@ -192,7 +208,7 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("log file");
-        let child = Command::new(BIN)
+        let child = Command::new(&self.binary)
             .args(&node.args)
             .current_dir(self.dir.path())
             .env(

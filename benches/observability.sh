@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Cost of observability: request throughput of a 3-node cluster with metrics on (every request measured,
+# /metrics scraped every second) against the same cluster with <metrics enabled="false"/>.
+#
+#   benches/observability.sh        # about 3 minutes; summary on stdout, raw numbers in target/bench/observability.txt
+#
+# Each run starts a fresh 3-node cluster (release build, loopback), finds a session id whose owner is
+# node-1 (GET /cluster/route?session=kN until owners[0] is node-1) so every request is served where it
+# lands, then runs `wrk -t2 -c50 -d$DURATION` against node-1's /app/hello with that session cookie.
+# A curl loop fetches /metrics once a second during every run, in both modes (a 404 when off), so the two
+# modes get the same extra load and the difference is the cost of measuring and rendering.
+# Modes alternate (on, off, on, off, ...) ROUNDS times each; the medians and their ratio are reported.
+#
+# Knobs (environment): DURATION=15s ROUNDS=3 SKIP_BUILD=1.
+# Waits while any other wrk runs (someone else's benchmark) before each measurement.
+# Every process this script starts is recorded in PIDS and killed on exit, even on failure or Ctrl-C.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+DURATION=${DURATION:-15s}
+ROUNDS=${ROUNDS:-3}
+
+bin=$root/target/release/micro-tomcat
+out_dir=$root/target/bench
+work=$out_dir/observability-run
+raw=$out_dir/observability.txt
+
+HTTP=(19081 19082 19083)
+CLUSTER=(19001 19002 19003)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 2; }
+
+declare -A PIDS=() # key -> pid of a process this script started
+
+stop_proc() {
+  local key=$1 pid=${PIDS[$1]:-}
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "PIDS[$key]"
+}
+
+cleanup() {
+  local status=$? key
+  trap - EXIT INT TERM
+  for key in "${!PIDS[@]}"; do stop_proc "$key"; done
+  rm -rf "$work/data"
+  if [ "$status" -ne 0 ]; then log "exit status $status; logs are in $work/logs"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
+
+for port in "${HTTP[@]}" "${CLUSTER[@]}"; do
+  if [ -n "$(ss -ltnH "sport = :$port")" ] || [ -n "$(ss -lunH "sport = :$port")" ]; then
+    die "port $port is in use; this benchmark needs 19001-19003 and 19081-19083 free"
+  fi
+done
+
+rm -rf "$work"
+mkdir -p "$work/logs"
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  log "building micro-tomcat (release)"
+  cargo build --release --bin micro-tomcat >"$work/logs/build.log" 2>&1 || die "build failed, see $work/logs/build.log"
+fi
+[ -x "$bin" ] || die "no binary at $bin"
+
+url() { echo "http://127.0.0.1:${HTTP[$(($1 - 1))]}"; }
+
+write_config() { # enabled(true|false) -> path of a config
+  local enabled=$1 config=$work/cluster-$1.xml
+  cat >"$config" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<cluster id="bench">
+  <gossip interval-ms="150" phi-threshold="8" dead-after-ms="5000"/>
+  <raft data-dir="$work/data" voters="3" heartbeat-ms="100" election-timeout-ms="600"/>
+  <metrics enabled="$enabled"/>
+  <nodes>
+    <node name="node-1" http="127.0.0.1:${HTTP[0]}" cluster="127.0.0.1:${CLUSTER[0]}"/>
+    <node name="node-2" http="127.0.0.1:${HTTP[1]}" cluster="127.0.0.1:${CLUSTER[1]}"/>
+    <node name="node-3" http="127.0.0.1:${HTTP[2]}" cluster="127.0.0.1:${CLUSTER[2]}"/>
+  </nodes>
+</cluster>
+EOF
+  "$bin" check-config "$config" >/dev/null || die "generated config rejected: $config"
+  echo "$config"
+}
+
+start_cluster() { # config
+  local config=$1 n deadline ok
+  rm -rf "$work/data"
+  for n in 1 2 3; do
+    "$bin" run --config "$config" --name "node-$n" >>"$work/logs/node-$n.log" 2>&1 &
+    PIDS[node-$n]=$!
+  done
+  deadline=$((SECONDS + 60))
+  while :; do
+    ok=0
+    for n in 1 2 3; do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$(url "$n")/readyz")" = 200 ] && ok=$((ok + 1))
+    done
+    [ "$ok" -eq 3 ] && break
+    [ $SECONDS -lt $deadline ] || die "cluster not ready after 60 s (logs: $work/logs)"
+    sleep 0.2
+  done
+}
+
+stop_cluster() { local n; for n in 1 2 3; do stop_proc "node-$n"; done; }
+
+local_session() { # a session id whose owner is node-1
+  local k owner
+  for k in $(seq 1 200); do
+    owner=$(curl -s --max-time 1 "$(url 1)/cluster/route?session=k$k" | jq -r '.owners[0] // empty')
+    if [ "$owner" = node-1 ]; then echo "k$k"; return 0; fi
+  done
+  die "no session id k1..k200 is owned by node-1"
+}
+
+wait_for_quiet() { # other people's wrk runs would skew ours
+  while pgrep -x wrk >/dev/null; do
+    log "another wrk is running ($(pgrep -ax wrk | head -1)); waiting"
+    sleep 10
+  done
+}
+
+measure() { # enabled(true|false) round -> requests/s
+  local enabled=$1 round=$2 config session out lines rps p50 p99
+  config=$(write_config "$enabled")
+  start_cluster "$config"
+  session=$(local_session)
+  # Warm up connections and the allocator; not measured.
+  wrk -t2 -c50 -d3s -H "Cookie: MTSESSIONID=$session" "$(url 1)/app/hello" >/dev/null
+  wait_for_quiet
+  (while :; do curl -s -o /dev/null --max-time 1 "$(url 1)/metrics"; sleep 1; done) &
+  PIDS[scraper]=$!
+  out=$work/wrk-$enabled-$round.txt
+  wrk -t2 -c50 -d"$DURATION" --latency -H "Cookie: MTSESSIONID=$session" "$(url 1)/app/hello" >"$out"
+  stop_proc scraper
+  lines=$(curl -s "$(url 1)/metrics" | grep -c '^micro_tomcat_' || true)
+  stop_cluster
+  grep -q 'Non-2xx' "$out" && die "non-2xx answers during the run: $out"
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  p50=$(awk '$1 == "50%" {print $2}' "$out")
+  p99=$(awk '$1 == "99%" {print $2}' "$out")
+  printf 'metrics=%s round=%s session=%s requests_per_s=%s p50=%s p99=%s metric_lines=%s\n' \
+    "$enabled" "$round" "$session" "$rps" "$p50" "$p99" "$lines" >>"$raw"
+  log "metrics=$enabled round $round: $rps req/s (p50 $p50, p99 $p99)"
+}
+
+{
+  echo "# benches/observability.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) DURATION=$DURATION ROUNDS=$ROUNDS"
+  echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), nproc $(nproc)"
+} >>"$raw"
+for round in $(seq 1 "$ROUNDS"); do
+  measure true "$round"
+  measure false "$round"
+done
+
+python3 - "$raw" "$ROUNDS" <<'PY'
+import statistics, sys
+path, rounds = sys.argv[1], int(sys.argv[2])
+lines = [l for l in open(path) if l.startswith("metrics=")][-2 * rounds:]
+runs = {"true": [], "false": []}
+for line in lines:
+    fields = dict(f.split("=", 1) for f in line.split())
+    runs[fields["metrics"]].append(float(fields["requests_per_s"]))
+on, off = statistics.median(runs["true"]), statistics.median(runs["false"])
+print(f"metrics on : {' '.join(f'{x:.0f}' for x in runs['true'])} req/s, median {on:.0f}")
+print(f"metrics off: {' '.join(f'{x:.0f}' for x in runs['false'])} req/s, median {off:.0f}")
+print(f"on/off = {on / off:.3f} ({(on / off - 1) * 100:+.1f}%)")
+PY

@@ -1,0 +1,1020 @@
+//! In-node alerting: rules from `<alerts>` checked every interval, notifications POSTed to webhooks
+//! with an Alertmanager-compatible body.
+//!
+//! Every node evaluates every rule on its own view (so any node can take over), but only one node, the
+//! **notifier**, sends: the Raft leader, or while there is none the first `up` member by name. An alert
+//! fires once when its condition has held for `for-ms` and resolves once when it clears. The node that
+//! sent an alert's firing notification also sends its resolution, even if it stopped being the notifier
+//! meanwhile; a node that becomes the notifier because the previous one is gone adopts the alerts still
+//! firing (sends them again, so a receiver may see a repeat, never a lost alert, across such a handover).
+//!
+//! Notifications queue into a delivery task; a slow or dead webhook never holds up evaluation or
+//! the node. Each POST is tried a few times with backoff, then dropped with a warning.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use openraft::ServerState;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{AlertCondition, AlertRule, AlertsConfig};
+use crate::events::now_ms;
+use crate::membership::MemberState;
+use crate::metrics::http::TrafficTotals;
+use crate::metrics::process::ProcessStats;
+use crate::node::NodeContext;
+
+/// Notifications waiting for delivery; beyond this, new ones are dropped with a warning.
+const QUEUE: usize = 256;
+/// Attempts per webhook and notification.
+const ATTEMPTS: u32 = 4;
+/// Wait before the second attempt; doubled before each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Time one POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether an alert starts or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStatus {
+    /// The condition held for the rule's `for-ms`.
+    Firing,
+    /// The condition no longer holds.
+    Resolved,
+}
+
+impl AlertStatus {
+    /// The word Alertmanager uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// What this node's alerting did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    firing: Mutex<BTreeMap<String, u64>>,
+    /// `[firing, resolved] × [sent, failed]`.
+    notifications: [[AtomicU64; 2]; 2],
+}
+
+impl AlertStats {
+    /// Alerts firing now as this node evaluates them, by rule name (every configured rule listed).
+    pub fn firing(&self) -> Vec<(String, u64)> {
+        let firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
+        firing.iter().map(|(name, n)| (name.clone(), *n)).collect()
+    }
+
+    /// `(status, outcome, count)` of the notifications this node delivered or gave up on.
+    pub fn notifications(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut rows = Vec::new();
+        for (status, row) in [AlertStatus::Firing, AlertStatus::Resolved]
+            .iter()
+            .zip(&self.notifications)
+        {
+            for (outcome, count) in ["sent", "failed"].iter().zip(row) {
+                rows.push((status.as_str(), *outcome, count.load(Ordering::Relaxed)));
+            }
+        }
+        rows
+    }
+
+    fn count(&self, status: AlertStatus, sent: bool) {
+        let row = match status {
+            AlertStatus::Firing => 0,
+            AlertStatus::Resolved => 1,
+        };
+        self.notifications[row][usize::from(!sent)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_firing(&self, firing: BTreeMap<String, u64>) {
+        *self.firing.lock().unwrap_or_else(PoisonError::into_inner) = firing;
+    }
+}
+
+/// One alert: a rule and, for per-member rules, the member.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AlertKey {
+    /// Index of the rule in the configuration.
+    pub rule: usize,
+    /// The member it is about (`member-down`).
+    pub member: Option<String>,
+}
+
+/// A condition that holds now, with words for the notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Which alert.
+    pub key: AlertKey,
+    /// What is wrong, in one line.
+    pub summary: String,
+}
+
+/// A notification to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    /// Firing or resolved.
+    pub status: AlertStatus,
+    /// Which alert.
+    pub key: AlertKey,
+    /// The rule's name (`alertname`).
+    pub rule_name: String,
+    /// Critical or warning.
+    pub severity: &'static str,
+    /// What is (or was) wrong.
+    pub summary: String,
+    /// Wall-clock ms when it started firing.
+    pub starts_at_ms: u64,
+    /// Wall-clock ms when it resolved.
+    pub ends_at_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Instance {
+    /// Monotonic ms when the condition was first seen holding.
+    since_ms: u64,
+    /// Wall-clock ms when it fired.
+    fired_at_ms: Option<u64>,
+    /// This node sent the firing notification (so it owes the resolution).
+    notified: bool,
+    summary: String,
+}
+
+/// The fire-once / resolve-once state machine over every rule. Pure: time and observations come in.
+#[derive(Debug)]
+pub struct Evaluator {
+    rules: Vec<AlertRule>,
+    instances: BTreeMap<AlertKey, Instance>,
+}
+
+impl Evaluator {
+    /// An evaluator with nothing pending.
+    pub fn new(rules: Vec<AlertRule>) -> Evaluator {
+        Evaluator {
+            rules,
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[AlertRule] {
+        &self.rules
+    }
+
+    /// Takes the conditions holding at `mono_ms` (monotonic) / `wall_ms` (wall clock) and returns
+    /// what to send. `notifier`: this node sends new alerts; `adopt`: it also sends alerts already
+    /// firing that it has not sent (the previous notifier is gone).
+    pub fn step(
+        &mut self,
+        mono_ms: u64,
+        wall_ms: u64,
+        observed: Vec<Observation>,
+        notifier: bool,
+        adopt: bool,
+    ) -> Vec<Notification> {
+        let mut out = Vec::new();
+        let mut holding = std::collections::BTreeSet::new();
+        for observation in observed {
+            let Some(rule) = self.rules.get(observation.key.rule) else {
+                continue;
+            };
+            let for_ms = rule.for_duration.as_millis() as u64;
+            holding.insert(observation.key.clone());
+            let instance = self
+                .instances
+                .entry(observation.key.clone())
+                .or_insert_with(|| Instance {
+                    since_ms: mono_ms,
+                    fired_at_ms: None,
+                    notified: false,
+                    summary: String::new(),
+                });
+            instance.summary = observation.summary;
+            let newly_fired = instance.fired_at_ms.is_none()
+                && mono_ms.saturating_sub(instance.since_ms) >= for_ms;
+            if newly_fired {
+                instance.fired_at_ms = Some(wall_ms);
+            }
+            let send = match instance.fired_at_ms {
+                Some(_) if !instance.notified => (newly_fired && notifier) || adopt,
+                _ => false,
+            };
+            if send {
+                instance.notified = true;
+                out.push(notification(
+                    rule,
+                    &observation.key,
+                    instance,
+                    AlertStatus::Firing,
+                    None,
+                ));
+            }
+        }
+        let cleared: Vec<AlertKey> = self
+            .instances
+            .keys()
+            .filter(|key| !holding.contains(*key))
+            .cloned()
+            .collect();
+        for key in cleared {
+            let Some(instance) = self.instances.remove(&key) else {
+                continue;
+            };
+            if instance.notified
+                && let Some(rule) = self.rules.get(key.rule)
+            {
+                out.push(notification(
+                    rule,
+                    &key,
+                    &instance,
+                    AlertStatus::Resolved,
+                    Some(wall_ms),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Alerts firing now, by rule name, every rule listed.
+    pub fn firing(&self) -> BTreeMap<String, u64> {
+        let mut firing: BTreeMap<String, u64> = self
+            .rules
+            .iter()
+            .map(|rule| (rule.name.clone(), 0))
+            .collect();
+        for (key, instance) in &self.instances {
+            if instance.fired_at_ms.is_some()
+                && let Some(rule) = self.rules.get(key.rule)
+            {
+                *firing.entry(rule.name.clone()).or_default() += 1;
+            }
+        }
+        firing
+    }
+}
+
+fn notification(
+    rule: &AlertRule,
+    key: &AlertKey,
+    instance: &Instance,
+    status: AlertStatus,
+    ends_at_ms: Option<u64>,
+) -> Notification {
+    Notification {
+        status,
+        key: key.clone(),
+        rule_name: rule.name.clone(),
+        severity: severity(&rule.condition),
+        summary: instance.summary.clone(),
+        starts_at_ms: instance.fired_at_ms.unwrap_or_default(),
+        ends_at_ms,
+    }
+}
+
+fn severity(condition: &AlertCondition) -> &'static str {
+    match condition {
+        AlertCondition::MemberDown | AlertCondition::NoLeader => "critical",
+        _ => "warning",
+    }
+}
+
+/// Samples of the request totals, for the rules that look at a window of time.
+#[derive(Debug, Default)]
+struct TrafficWindow {
+    samples: VecDeque<(u64, TrafficTotals)>,
+}
+
+impl TrafficWindow {
+    /// Adds the totals at `mono_ms`, forgetting samples older than `keep_ms` (one older sample is
+    /// kept as the window's start).
+    fn push(&mut self, mono_ms: u64, totals: TrafficTotals, keep_ms: u64) {
+        self.samples.push_back((mono_ms, totals));
+        let horizon = mono_ms.saturating_sub(keep_ms);
+        while self.samples.len() > 2 && self.samples[1].0 <= horizon {
+            self.samples.pop_front();
+        }
+    }
+
+    /// What happened over the last `window_ms` (or since the first sample, if younger).
+    fn over(&self, window_ms: u64) -> Option<TrafficTotals> {
+        let (now_ms, latest) = self.samples.back()?;
+        let horizon = now_ms.saturating_sub(window_ms);
+        let start = self
+            .samples
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= horizon)
+            .or_else(|| self.samples.front())
+            .map(|(_, totals)| totals)?;
+        Some(TrafficTotals {
+            requests: latest.requests.saturating_sub(start.requests),
+            errors: latest.errors.saturating_sub(start.errors),
+            latency: latest.latency.since(&start.latency),
+        })
+    }
+}
+
+/// The conditions of every rule that hold now, as this node sees them.
+fn observe(
+    context: &NodeContext,
+    rules: &[AlertRule],
+    window: &TrafficWindow,
+    me: &str,
+) -> Vec<Observation> {
+    let mut observed = Vec::new();
+    let view = context.membership().view();
+    for (index, rule) in rules.iter().enumerate() {
+        let key = |member: Option<String>| AlertKey {
+            rule: index,
+            member,
+        };
+        match &rule.condition {
+            AlertCondition::MemberDown => {
+                for member in &view.members {
+                    if member.state == MemberState::Down && !member.is_self {
+                        observed.push(Observation {
+                            key: key(Some(member.name.clone())),
+                            summary: format!("member {} is down (seen from {me})", member.name),
+                        });
+                    }
+                }
+            }
+            AlertCondition::NoLeader => {
+                if context.replica().metrics().current_leader.is_none() {
+                    observed.push(Observation {
+                        key: key(None),
+                        summary: format!("no Raft leader (seen from {me})"),
+                    });
+                }
+            }
+            AlertCondition::ErrorRate {
+                ratio,
+                window: span,
+            } => {
+                if let Some(totals) = window.over(span.as_millis() as u64)
+                    && totals.requests > 0
+                {
+                    let seen = totals.errors as f64 / totals.requests as f64;
+                    if seen > *ratio {
+                        observed.push(Observation {
+                            key: key(None),
+                            summary: format!(
+                                "{:.1}% of requests answered 5xx over {}s on {me} (threshold {:.1}%)",
+                                seen * 100.0,
+                                span.as_secs(),
+                                ratio * 100.0
+                            ),
+                        });
+                    }
+                }
+            }
+            AlertCondition::P99Latency {
+                threshold,
+                window: span,
+            } => {
+                if let Some(p99) = window
+                    .over(span.as_millis() as u64)
+                    .and_then(|totals| totals.latency.quantile(0.99))
+                    && p99 > threshold.as_secs_f64()
+                {
+                    observed.push(Observation {
+                        key: key(None),
+                        summary: format!(
+                            "p99 request latency {:.0} ms over {}s on {me} (threshold {} ms)",
+                            p99 * 1000.0,
+                            span.as_secs(),
+                            threshold.as_millis()
+                        ),
+                    });
+                }
+            }
+            AlertCondition::Memory { bytes } => {
+                if let Some(resident) = ProcessStats::read().resident_bytes
+                    && resident > *bytes
+                {
+                    observed.push(Observation {
+                        key: key(None),
+                        summary: format!(
+                            "{me} uses {} MiB resident memory (threshold {} MiB)",
+                            resident >> 20,
+                            bytes >> 20
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    observed
+}
+
+/// Who sends notifications as this node sees it: the Raft leader, else the first `up` member by name.
+fn notifier(context: &NodeContext) -> Option<String> {
+    let metrics = context.replica().metrics();
+    if metrics.state == ServerState::Leader {
+        return Some(context.config().me.name.clone());
+    }
+    if let Some(leader) = metrics.current_leader {
+        let membership = metrics.membership_config.membership();
+        if let Some(node) = membership.get_node(&leader) {
+            return Some(node.name.clone());
+        }
+    }
+    let view = context.membership().view();
+    view.members
+        .iter()
+        .find(|member| member.state == MemberState::Up)
+        .map(|member| member.name.clone())
+}
+
+/// Starts the evaluator and the delivery task on `tasks`; both stop on `shutdown`.
+pub fn start(
+    context: NodeContext,
+    config: AlertsConfig,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let (queue, pending) = mpsc::channel(QUEUE);
+    let delivery = Delivery {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        webhooks: config.webhooks.clone(),
+        receiver: config.receiver.clone(),
+        cluster_id: context.config().cluster.cluster_id.clone(),
+        external_url: format!("http://{}/console", context.config().me.http),
+    };
+    tasks.spawn(deliver(
+        delivery,
+        pending,
+        context.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(evaluate(context, config, queue, shutdown));
+}
+
+async fn evaluate(
+    context: NodeContext,
+    config: AlertsConfig,
+    queue: mpsc::Sender<Notification>,
+    shutdown: CancellationToken,
+) {
+    let me = context.config().me.name.clone();
+    let keep_ms = config
+        .rules
+        .iter()
+        .filter_map(|rule| match rule.condition {
+            AlertCondition::ErrorRate { window, .. }
+            | AlertCondition::P99Latency { window, .. } => Some(window.as_millis() as u64),
+            _ => None,
+        })
+        .max();
+    let mut evaluator = Evaluator::new(config.rules);
+    let mut window = TrafficWindow::default();
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let epoch = Instant::now();
+    // A node that just started sees founders it has not heard from yet as down: evaluate only once it
+    // has joined (readiness), after which its view is worth alerting on.
+    let mut joined = false;
+    let mut last_notifier: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !joined {
+            if context.readiness().is_err() {
+                continue;
+            }
+            joined = true;
+            info!(node = %me, rules = evaluator.rules().len(), "alert rules are evaluated from now on");
+        }
+        let mono_ms = epoch.elapsed().as_millis() as u64;
+        if let Some(keep_ms) = keep_ms {
+            window.push(mono_ms, context.metrics().http().user_traffic(), keep_ms);
+        }
+        let observed = observe(&context, evaluator.rules(), &window, &me);
+        let current = notifier(&context);
+        let notifier_now = current.as_deref() == Some(me.as_str());
+        // Take over what the previous notifier sent only if it is gone: it still owes the resolutions.
+        let adopt = notifier_now
+            && last_notifier.as_deref() != Some(me.as_str())
+            && last_notifier.as_ref().is_some_and(|previous| {
+                context
+                    .membership()
+                    .view()
+                    .member(previous)
+                    .is_none_or(|member| member.state != MemberState::Up)
+            });
+        last_notifier = current;
+        for notification in evaluator.step(mono_ms, now_ms(), observed, notifier_now, adopt) {
+            info!(
+                node = %me,
+                alert = %notification.rule_name,
+                member = notification.key.member.as_deref().unwrap_or(""),
+                "alert {}: {}",
+                notification.status.as_str(),
+                notification.summary
+            );
+            if queue.try_send(notification).is_err() {
+                warn!(node = %me, "alert notification queue full; dropping a notification");
+            }
+        }
+        context.metrics().alerts().set_firing(evaluator.firing());
+    }
+}
+
+struct Delivery {
+    client: Client<HttpConnector, Full<Bytes>>,
+    webhooks: Vec<String>,
+    receiver: String,
+    cluster_id: String,
+    external_url: String,
+}
+
+async fn deliver(
+    delivery: Delivery,
+    mut pending: mpsc::Receiver<Notification>,
+    context: NodeContext,
+    shutdown: CancellationToken,
+) {
+    let me = context.config().me.name.clone();
+    loop {
+        let notification = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = pending.recv() => match next {
+                Some(notification) => notification,
+                None => return,
+            },
+        };
+        let body = webhook_body(
+            &notification,
+            &delivery.receiver,
+            &delivery.cluster_id,
+            &me,
+            &delivery.external_url,
+        );
+        let body = Bytes::from(body.to_string());
+        for url in &delivery.webhooks {
+            let sent = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                sent = post_with_retries(&delivery.client, url, body.clone()) => sent,
+            };
+            match sent {
+                Ok(()) => debug!(node = %me, webhook = %url, "alert notification delivered"),
+                Err(ref why) => warn!(
+                    node = %me,
+                    webhook = %url,
+                    alert = %notification.rule_name,
+                    "alert notification dropped after {ATTEMPTS} attempts: {why}"
+                ),
+            }
+            context
+                .metrics()
+                .alerts()
+                .count(notification.status, sent.is_ok());
+        }
+    }
+}
+
+async fn post_with_retries(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: Bytes,
+) -> Result<(), String> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match post_json(client, url, body.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(why) => last = why,
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    Err(last)
+}
+
+async fn post_json(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: Bytes,
+) -> Result<(), String> {
+    let request = hyper::Request::post(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, "micro-tomcat-alerts")
+        .body(Full::new(body))
+        .map_err(|err| format!("bad request: {err}"))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|err| format!("cannot reach: {err}"))?;
+        let status = response.status();
+        // Read the answer so the connection can be reused.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    };
+    tokio::time::timeout(POST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {POST_TIMEOUT:?}"))?
+}
+
+/// The Alertmanager webhook body (version 4) for one notification.
+pub fn webhook_body(
+    notification: &Notification,
+    receiver: &str,
+    cluster_id: &str,
+    reported_by: &str,
+    external_url: &str,
+) -> Value {
+    let mut labels = BTreeMap::new();
+    labels.insert("alertname", notification.rule_name.clone());
+    labels.insert("cluster", cluster_id.to_string());
+    labels.insert("severity", notification.severity.to_string());
+    if let Some(member) = &notification.key.member {
+        labels.insert("member", member.clone());
+    }
+    let mut group_labels = BTreeMap::new();
+    group_labels.insert("alertname", notification.rule_name.clone());
+    let annotations = json!({
+        "summary": notification.summary,
+        "reported_by": reported_by,
+    });
+    let status = notification.status.as_str();
+    let fingerprint = format!("{:016x}", fingerprint(&labels));
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{}\"}}", notification.rule_name),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": group_labels,
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": external_url,
+        "alerts": [{
+            "status": status,
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": rfc3339(notification.starts_at_ms),
+            // Alertmanager's zero time means "not ended".
+            "endsAt": notification.ends_at_ms.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), rfc3339),
+            "generatorURL": external_url,
+            "fingerprint": fingerprint,
+        }],
+    })
+}
+
+/// A stable hash of the label set (FNV-1a), as Alertmanager's fingerprint identifies an alert.
+fn fingerprint(labels: &BTreeMap<&str, String>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, value) in labels {
+        for byte in name
+            .bytes()
+            .chain([0xff])
+            .chain(value.bytes())
+            .chain([0xff])
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// `2026-01-31T12:34:56.789Z` for ms since the Unix epoch.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, condition: AlertCondition, for_ms: u64) -> AlertRule {
+        AlertRule {
+            name: name.to_string(),
+            condition,
+            for_duration: Duration::from_millis(for_ms),
+        }
+    }
+
+    fn down(member: &str) -> Observation {
+        Observation {
+            key: AlertKey {
+                rule: 0,
+                member: Some(member.to_string()),
+            },
+            summary: format!("member {member} is down"),
+        }
+    }
+
+    fn no_leader() -> Observation {
+        Observation {
+            key: AlertKey {
+                rule: 1,
+                member: None,
+            },
+            summary: "no Raft leader".to_string(),
+        }
+    }
+
+    fn evaluator() -> Evaluator {
+        Evaluator::new(vec![
+            rule("member-down", AlertCondition::MemberDown, 0),
+            rule("no-leader", AlertCondition::NoLeader, 5_000),
+        ])
+    }
+
+    fn statuses(notifications: &[Notification]) -> Vec<(AlertStatus, String, Option<String>)> {
+        notifications
+            .iter()
+            .map(|n| (n.status, n.rule_name.clone(), n.key.member.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn fires_once_while_the_condition_holds_and_resolves_once() {
+        let mut alerts = evaluator();
+        let fired = alerts.step(0, 1_000, vec![down("node-2")], true, false);
+        assert_eq!(
+            statuses(&fired),
+            [(
+                AlertStatus::Firing,
+                "member-down".into(),
+                Some("node-2".into())
+            )]
+        );
+        assert_eq!(fired[0].starts_at_ms, 1_000);
+        for tick in 1..10 {
+            let again = alerts.step(
+                tick * 1_000,
+                1_000 + tick * 1_000,
+                vec![down("node-2")],
+                true,
+                false,
+            );
+            assert!(again.is_empty(), "tick {tick}: {again:?}");
+        }
+        assert_eq!(alerts.firing()["member-down"], 1);
+        let resolved = alerts.step(10_000, 11_000, vec![], true, false);
+        assert_eq!(
+            statuses(&resolved),
+            [(
+                AlertStatus::Resolved,
+                "member-down".into(),
+                Some("node-2".into())
+            )]
+        );
+        assert_eq!(resolved[0].starts_at_ms, 1_000);
+        assert_eq!(resolved[0].ends_at_ms, Some(11_000));
+        assert!(alerts.step(11_000, 12_000, vec![], true, false).is_empty());
+        assert_eq!(alerts.firing()["member-down"], 0);
+    }
+
+    #[test]
+    fn for_duration_delays_firing_and_a_short_blip_sends_nothing() {
+        let mut alerts = evaluator();
+        assert!(alerts.step(0, 0, vec![no_leader()], true, false).is_empty());
+        assert!(
+            alerts
+                .step(4_000, 4_000, vec![no_leader()], true, false)
+                .is_empty()
+        );
+        // Cleared before for-ms: neither fired nor resolved.
+        assert!(alerts.step(4_500, 4_500, vec![], true, false).is_empty());
+        assert!(
+            alerts
+                .step(5_000, 5_000, vec![no_leader()], true, false)
+                .is_empty()
+        );
+        let fired = alerts.step(10_000, 10_000, vec![no_leader()], true, false);
+        assert_eq!(
+            statuses(&fired),
+            [(AlertStatus::Firing, "no-leader".into(), None)]
+        );
+        assert!(
+            alerts
+                .step(11_000, 11_000, vec![no_leader()], true, false)
+                .is_empty()
+        );
+        let resolved = alerts.step(12_000, 12_000, vec![], true, false);
+        assert_eq!(
+            statuses(&resolved),
+            [(AlertStatus::Resolved, "no-leader".into(), None)]
+        );
+    }
+
+    #[test]
+    fn members_are_separate_alerts() {
+        let mut alerts = evaluator();
+        let fired = alerts.step(0, 0, vec![down("node-2"), down("node-3")], true, false);
+        assert_eq!(fired.len(), 2);
+        let resolved = alerts.step(1_000, 1_000, vec![down("node-3")], true, false);
+        assert_eq!(
+            statuses(&resolved),
+            [(
+                AlertStatus::Resolved,
+                "member-down".into(),
+                Some("node-2".into())
+            )]
+        );
+        assert_eq!(alerts.firing()["member-down"], 1);
+    }
+
+    #[test]
+    fn only_the_notifier_sends_and_the_sender_resolves_what_it_sent() {
+        // A follower tracks the alert but sends nothing, neither firing nor resolved.
+        let mut follower = evaluator();
+        assert!(
+            follower
+                .step(0, 0, vec![down("node-2")], false, false)
+                .is_empty()
+        );
+        assert_eq!(follower.firing()["member-down"], 1);
+        assert!(follower.step(1_000, 1_000, vec![], false, false).is_empty());
+
+        // The notifier loses the role while the alert fires: it still sends the resolution.
+        let mut leader = evaluator();
+        assert_eq!(
+            leader.step(0, 0, vec![down("node-2")], true, false).len(),
+            1
+        );
+        assert!(
+            leader
+                .step(1_000, 1_000, vec![down("node-2")], false, false)
+                .is_empty()
+        );
+        let resolved = leader.step(2_000, 2_000, vec![], false, false);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].status, AlertStatus::Resolved);
+    }
+
+    #[test]
+    fn a_new_notifier_adopts_alerts_only_when_told_to() {
+        let mut next = evaluator();
+        assert!(
+            next.step(0, 0, vec![down("node-2")], false, false)
+                .is_empty()
+        );
+        // Became the notifier, the previous one still up: it does not repeat the alert.
+        assert!(
+            next.step(1_000, 1_000, vec![down("node-2")], true, false)
+                .is_empty()
+        );
+        // The previous notifier is gone: the alert is sent (once), and so is its resolution.
+        let adopted = next.step(2_000, 2_000, vec![down("node-2")], true, true);
+        assert_eq!(statuses(&adopted)[0].0, AlertStatus::Firing);
+        assert_eq!(adopted[0].starts_at_ms, 0);
+        assert!(
+            next.step(3_000, 3_000, vec![down("node-2")], true, true)
+                .is_empty()
+        );
+        let resolved = next.step(4_000, 4_000, vec![], true, false);
+        assert_eq!(statuses(&resolved)[0].0, AlertStatus::Resolved);
+    }
+
+    #[test]
+    fn traffic_window_takes_differences_over_the_window() {
+        let mut window = TrafficWindow::default();
+        let totals = |requests, errors| TrafficTotals {
+            requests,
+            errors,
+            ..TrafficTotals::default()
+        };
+        window.push(0, totals(100, 0), 10_000);
+        window.push(5_000, totals(200, 10), 10_000);
+        let over = window.over(10_000).expect("samples");
+        assert_eq!((over.requests, over.errors), (100, 10));
+        window.push(10_000, totals(300, 10), 10_000);
+        window.push(15_000, totals(400, 10), 10_000);
+        let over = window.over(10_000).expect("samples");
+        // From the sample at 5 s (the latest one at or before 15 s - 10 s).
+        assert_eq!((over.requests, over.errors), (200, 0));
+        assert!(window.samples.len() <= 3, "old samples are forgotten");
+    }
+
+    #[test]
+    fn body_is_alertmanager_shaped() {
+        let notification = Notification {
+            status: AlertStatus::Resolved,
+            key: AlertKey {
+                rule: 0,
+                member: Some("node-2".into()),
+            },
+            rule_name: "member-down".into(),
+            severity: "critical",
+            summary: "member node-2 is down".into(),
+            starts_at_ms: 1_767_225_600_123,
+            ends_at_ms: Some(1_767_225_660_000),
+        };
+        let body = webhook_body(&notification, "ops", "demo", "node-1", "http://h/console");
+        assert_eq!(body["version"], "4");
+        assert_eq!(body["status"], "resolved");
+        assert_eq!(body["receiver"], "ops");
+        assert_eq!(body["groupKey"], "{}:{alertname=\"member-down\"}");
+        let alert = &body["alerts"][0];
+        assert_eq!(alert["status"], "resolved");
+        assert_eq!(alert["labels"]["alertname"], "member-down");
+        assert_eq!(alert["labels"]["member"], "node-2");
+        assert_eq!(alert["labels"]["cluster"], "demo");
+        assert_eq!(alert["annotations"]["summary"], "member node-2 is down");
+        assert_eq!(alert["startsAt"], "2026-01-01T00:00:00.123Z");
+        assert_eq!(alert["endsAt"], "2026-01-01T00:01:00.000Z");
+        assert_eq!(alert["fingerprint"].as_str().map(str::len), Some(16));
+        let firing = Notification {
+            status: AlertStatus::Firing,
+            ends_at_ms: None,
+            ..notification
+        };
+        let body = webhook_body(&firing, "ops", "demo", "node-1", "http://h/console");
+        assert_eq!(body["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_fails_at_first_gets_the_notification_on_a_retry() {
+        use axum::http::StatusCode;
+        let calls = std::sync::Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let calls = counted.clone();
+                async move {
+                    match calls.fetch_add(1, Ordering::SeqCst) {
+                        0 | 1 => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::OK,
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        post_with_retries(&client, &url, Bytes::from_static(b"{}"))
+            .await
+            .expect("delivered on the third attempt");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // Nobody listens: every attempt fails, and the error says why.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let gone = format!("http://{}/hook", closed.local_addr().expect("addr"));
+        drop(closed);
+        let err = post_with_retries(&client, &gone, Bytes::from_static(b"{}"))
+            .await
+            .expect_err("nobody listens");
+        assert!(err.contains("cannot reach"), "{err}");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+}
