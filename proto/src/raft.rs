@@ -226,6 +226,24 @@ pub enum SessionCommand {
     },
 }
 
+impl SessionCommand {
+    /// Replaces every time in the command with `now_ms`. The leader stamps each write with its own clock
+    /// just before proposing it, so a follower whose clock is off never moves a session's expiry.
+    pub fn stamp(&mut self, now: u64) {
+        match self {
+            SessionCommand::Create { now_ms, .. }
+            | SessionCommand::Put { now_ms, .. }
+            | SessionCommand::Expire { now_ms, .. } => *now_ms = now,
+            SessionCommand::Touch { touches } => {
+                for (_, at) in touches.iter_mut() {
+                    *at = now;
+                }
+            }
+            SessionCommand::Delete { .. } => {}
+        }
+    }
+}
+
 /// What applying a log entry answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
@@ -567,5 +585,40 @@ mod tests {
             damaged[at] ^= 0x40;
             assert!(decode_snapshot_file(&damaged).is_err(), "flip at {at}");
         }
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+
+    #[test]
+    fn stamp_replaces_every_time_but_nothing_else() {
+        let id = SessionId::from_bytes([7; 16]);
+        let mut create = SessionCommand::Create {
+            id,
+            data: "{}".into(),
+            ttl_ms: 5,
+            now_ms: 1,
+        };
+        create.stamp(99);
+        assert!(matches!(
+            create,
+            SessionCommand::Create {
+                now_ms: 99,
+                ttl_ms: 5,
+                ..
+            }
+        ));
+        let mut touch = SessionCommand::Touch {
+            touches: vec![(id, 1), (id, 3_000_000_000_000)],
+        };
+        touch.stamp(42);
+        assert!(
+            matches!(&touch, SessionCommand::Touch { touches } if touches.iter().all(|t| t.1 == 42))
+        );
+        let mut delete = SessionCommand::Delete { id };
+        delete.stamp(42);
+        assert!(matches!(delete, SessionCommand::Delete { .. }));
     }
 }

@@ -312,7 +312,9 @@ impl Replica {
     ) -> Result<(LogId, CommandResponse), ConsensusError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let leader = match self.raft.client_write(command.clone()).await {
+            let mut local = command.clone();
+            local.stamp(now_ms());
+            let leader = match self.raft.client_write(local).await {
                 Ok(response) => {
                     self.count_write(&response.data);
                     return Ok((response.log_id, response.data));
@@ -426,6 +428,25 @@ fn leader_addr(forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr
         .and_then(|node| node.cluster_addr.parse().ok())
 }
 
+impl Replica {
+    /// Proposes a forwarded write here and answers in peer-RPC terms.
+    async fn answer_write(&self, command: SessionCommand) -> PeerResponse {
+        match self.raft.client_write(command).await {
+            Ok(response) => PeerResponse::ClientWrite {
+                log_id: response.log_id,
+                response: response.data,
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                PeerResponse::ForwardToLeader {
+                    leader_id: forward.leader_id,
+                    leader_node: forward.leader_node,
+                }
+            }
+            Err(err) => PeerResponse::Error(err.to_string()),
+        }
+    }
+}
+
 impl PeerHandler for Replica {
     async fn handle(&self, request: PeerRequest) -> PeerResponse {
         match request {
@@ -441,19 +462,10 @@ impl PeerHandler for Replica {
                 Ok(response) => PeerResponse::InstallSnapshot(response),
                 Err(err) => PeerResponse::Error(err.to_string()),
             },
-            PeerRequest::ClientWrite(command) => match self.raft.client_write(command).await {
-                Ok(response) => PeerResponse::ClientWrite {
-                    log_id: response.log_id,
-                    response: response.data,
-                },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    PeerResponse::ForwardToLeader {
-                        leader_id: forward.leader_id,
-                        leader_node: forward.leader_node,
-                    }
-                }
-                Err(err) => PeerResponse::Error(err.to_string()),
-            },
+            PeerRequest::ClientWrite(mut command) => {
+                command.stamp(now_ms());
+                self.answer_write(command).await
+            }
             PeerRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => PeerResponse::ReadIndex {
                     index: read_log_id.map(|log_id| log_id.index),
