@@ -13,6 +13,8 @@ use crate::config::RunOverrides;
 
 /// How long `status` waits for a node.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backup or restore may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// micro-tomcat: a clustered HTTP application server.
 #[derive(Debug, Parser)]
@@ -34,6 +36,23 @@ pub enum Command {
     Drain(NodeActionArgs),
     /// Resume routing new work to a drained node.
     Undrain(NodeActionArgs),
+    /// Save every session and the config of a running cluster to a file, at one log index.
+    Backup {
+        /// Any node's HTTP base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        node: String,
+        /// Where to write the backup.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a backup's sessions into a running (typically new) cluster.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Any node's HTTP base URL of the cluster to seed.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        node: String,
+    },
     /// Validate a config file and print its nodes; exit 0 when valid, 1 when not.
     CheckConfig {
         /// The cluster-config.xml to check.
@@ -211,6 +230,17 @@ pub async fn http_call(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<(hyper::StatusCode, String), StatusError> {
+    let (status, bytes) = http_bytes(method, url, headers, bytes::Bytes::new()).await?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// One HTTP request with a body; returns the status and the raw body, whatever the status.
+pub async fn http_bytes(
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: bytes::Bytes,
+) -> Result<(hyper::StatusCode, bytes::Bytes), StatusError> {
     let uri: hyper::Uri = url.parse().map_err(|_| StatusError::BadUrl {
         url: url.to_string(),
     })?;
@@ -223,12 +253,14 @@ pub async fn http_call(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|_| StatusError::BadUrl {
-            url: url.to_string(),
-        })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let request =
+        request
+            .body(http_body_util::Full::new(body))
+            .map_err(|_| StatusError::BadUrl {
+                url: url.to_string(),
+            })?;
+    let client =
+        Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
     let unreachable = |reason: String| StatusError::Unreachable {
         url: url.to_string(),
         reason,
@@ -247,10 +279,84 @@ pub async fn http_call(
             .to_bytes();
         Ok::<_, StatusError>((status, bytes))
     };
-    let (status, bytes) = tokio::time::timeout(STATUS_TIMEOUT, exchange)
+    tokio::time::timeout(TRANSFER_TIMEOUT, exchange)
         .await
-        .map_err(|_| unreachable(format!("no answer within {STATUS_TIMEOUT:?}")))??;
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        .map_err(|_| unreachable(format!("no answer within {TRANSFER_TIMEOUT:?}")))?
+}
+
+/// Fetches a backup from `node` and writes it to `out` (atomically: a temporary file, then a rename).
+pub async fn backup(node: &str, out: &std::path::Path) -> Result<String, StatusError> {
+    let url = format!("{}/cluster/backup", node.trim_end_matches('/'));
+    let token = admin_token();
+    let headers: Vec<(&str, &str)> = token
+        .as_deref()
+        .map(|token| vec![("authorization", token)])
+        .unwrap_or_default();
+    let (status, body) =
+        http_bytes(hyper::Method::GET, &url, &headers, bytes::Bytes::new()).await?;
+    if !status.is_success() {
+        return Err(StatusError::BadAnswer {
+            url,
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        });
+    }
+    let backup = proto::raft::decode_backup_file(&body).map_err(|err| StatusError::BadAnswer {
+        url: url.clone(),
+        status: status.as_u16(),
+        body: err.to_string(),
+    })?;
+    let temp = out.with_extension("partial");
+    let write = std::fs::write(&temp, &body).and_then(|()| std::fs::rename(&temp, out));
+    write.map_err(|err| StatusError::Unreachable {
+        url: out.display().to_string(),
+        reason: format!("cannot write the backup: {err}"),
+    })?;
+    Ok(format!(
+        "{}: {} sessions of cluster {:?} at log index {} ({} bytes)",
+        out.display(),
+        backup.sessions.len(),
+        backup.cluster_id,
+        backup.log_index,
+        body.len()
+    ))
+}
+
+/// Sends a backup file to `node`, which replays it into its cluster.
+pub async fn restore(node: &str, file: &std::path::Path) -> Result<String, StatusError> {
+    let bytes = std::fs::read(file).map_err(|err| StatusError::Unreachable {
+        url: file.display().to_string(),
+        reason: format!("cannot read the backup: {err}"),
+    })?;
+    if let Err(err) = proto::raft::decode_backup_file(&bytes) {
+        return Err(StatusError::BadUrl {
+            url: format!("{}: {err}", file.display()),
+        });
+    }
+    let url = format!("{}/cluster/restore", node.trim_end_matches('/'));
+    let token = admin_token();
+    let mut headers = vec![("content-type", "application/octet-stream")];
+    if let Some(token) = token.as_deref() {
+        headers.push(("authorization", token));
+    }
+    let (status, body) = http_bytes(hyper::Method::POST, &url, &headers, bytes.into()).await?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        return Err(StatusError::BadAnswer {
+            url,
+            status: status.as_u16(),
+            body: text.chars().take(300).collect(),
+        });
+    }
+    Ok(text)
+}
+
+/// `Bearer <token>` from `MICRO_TOMCAT_ADMIN_TOKEN`, when set.
+fn admin_token() -> Option<String> {
+    std::env::var("MICRO_TOMCAT_ADMIN_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+        .map(|token| format!("Bearer {token}"))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -48,6 +48,12 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Backup { node, out } => {
+            runtime(async move { report(micro_tomcat::cli::backup(&node, &out).await) })
+        }
+        Command::Restore { file, node } => {
+            runtime(async move { report(micro_tomcat::cli::restore(&node, &file).await) })
+        }
         Command::Drain(args) => runtime(node_action(args, "drain")),
         Command::Undrain(args) => runtime(node_action(args, "undrain")),
         Command::Run(args) => {
@@ -68,6 +74,19 @@ async fn node_action(args: micro_tomcat::cli::NodeActionArgs, action: &'static s
     match micro_tomcat::cli::node_action(&args, action).await {
         Ok(body) => {
             println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(result: Result<String, micro_tomcat::cli::StatusError>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
             ExitCode::SUCCESS
         }
         Err(err) => {

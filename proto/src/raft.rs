@@ -224,6 +224,15 @@ pub enum SessionCommand {
         /// Leader's clock when it proposed the expiry.
         now_ms: u64,
     },
+    /// Restore sessions from a backup: each record is inserted as it was (id, data, version, created,
+    /// TTL), with its last access set to `now_ms` so it lives a full TTL after the restore. A live
+    /// session with the same id is kept and the record skipped.
+    Import {
+        /// The sessions to insert.
+        records: Vec<SessionRecord>,
+        /// Leader's clock.
+        now_ms: u64,
+    },
 }
 
 impl SessionCommand {
@@ -233,7 +242,8 @@ impl SessionCommand {
         match self {
             SessionCommand::Create { now_ms, .. }
             | SessionCommand::Put { now_ms, .. }
-            | SessionCommand::Expire { now_ms, .. } => *now_ms = now,
+            | SessionCommand::Expire { now_ms, .. }
+            | SessionCommand::Import { now_ms, .. } => *now_ms = now,
             SessionCommand::Touch { touches } => {
                 for (_, at) in touches.iter_mut() {
                     *at = now;
@@ -274,6 +284,13 @@ pub enum CommandResponse {
     },
     /// The entry was Raft-internal (blank or membership change): nothing to answer.
     Internal,
+    /// `Import` applied.
+    Imported {
+        /// Records inserted.
+        count: u64,
+        /// Records skipped because a live session had the id.
+        skipped: u64,
+    },
 }
 
 /// The state machine at a log index, as sent in `InstallSnapshot` and stored on disk.
@@ -302,6 +319,55 @@ pub struct Hello {
     pub cluster_id: String,
     /// The sender's node name.
     pub from_name: String,
+}
+
+/// First bytes of every [`PeerAuth`] frame. No `Hello`, `PeerRequest` or `PeerResponse` starts with
+/// them, so a peer that expects one of those (it has no cluster key) fails to decode instead of
+/// misreading a handshake step as a request.
+pub const PEER_AUTH_MAGIC: [u8; 4] = *b"MTA1";
+/// Bytes of a handshake nonce and of a handshake proof.
+pub const PEER_AUTH_BYTES: usize = 32;
+
+/// With a cluster key, the handshake frames after the [`Hello`] exchange.
+///
+/// Both sides send a random [`PeerAuthStep::Nonce`]; then the connecting side, and once that checked
+/// out the accepting side, send a [`PeerAuthStep::Proof`]: HMAC-SHA256 under the cluster key over the
+/// wire version, cluster id, both names and both nonces. Every frame after that is encrypted with
+/// keys derived from the same transcript. Without a key no `PeerAuth` frame is sent, so the wire is
+/// exactly what it was before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAuth {
+    /// Always [`PEER_AUTH_MAGIC`].
+    pub magic: [u8; 4],
+    /// The handshake step.
+    pub step: PeerAuthStep,
+}
+
+/// One step of the keyed peer handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerAuthStep {
+    /// The sender's random nonce.
+    Nonce([u8; PEER_AUTH_BYTES]),
+    /// The sender's proof that it holds the cluster key.
+    Proof([u8; PEER_AUTH_BYTES]),
+}
+
+impl PeerAuth {
+    /// A nonce step.
+    pub fn nonce(nonce: [u8; PEER_AUTH_BYTES]) -> PeerAuth {
+        PeerAuth {
+            magic: PEER_AUTH_MAGIC,
+            step: PeerAuthStep::Nonce(nonce),
+        }
+    }
+
+    /// A proof step.
+    pub fn proof(proof: [u8; PEER_AUTH_BYTES]) -> PeerAuth {
+        PeerAuth {
+            magic: PEER_AUTH_MAGIC,
+            step: PeerAuthStep::Proof(proof),
+        }
+    }
 }
 
 /// A peer RPC request (after the [`Hello`] exchange).
@@ -621,4 +687,50 @@ mod stamp_tests {
         delete.stamp(42);
         assert!(matches!(delete, SessionCommand::Delete { .. }));
     }
+}
+
+/// The first bytes of a backup file; a format change takes a new magic.
+pub const BACKUP_FILE_MAGIC: [u8; 8] = *b"MTBACK01";
+
+/// A backup: every session and the configuration, as of one applied log index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// `id` of `<cluster>` where it was taken.
+    pub cluster_id: String,
+    /// The node that wrote it.
+    pub node: String,
+    /// Applied log index the sessions are consistent with.
+    pub log_index: u64,
+    /// Wall-clock time it was taken, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The node's config file, verbatim (empty when it runs without one).
+    pub config_xml: String,
+    /// Every session.
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// A backup file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupFileError {
+    /// Not a backup file (or a version we do not know).
+    #[error("not a micro-tomcat backup (expected it to start with {:?})", String::from_utf8_lossy(&BACKUP_FILE_MAGIC))]
+    BadMagic,
+    /// The body does not decode.
+    #[error("damaged backup: {0}")]
+    Body(#[from] crate::DecodeError),
+}
+
+/// Encodes a backup file: the magic, then the postcard-encoded [`Backup`].
+pub fn encode_backup_file(backup: &Backup) -> Vec<u8> {
+    let mut bytes = BACKUP_FILE_MAGIC.to_vec();
+    bytes.extend(crate::encode(backup));
+    bytes
+}
+
+/// Decodes a backup file; never panics on damaged input.
+pub fn decode_backup_file(bytes: &[u8]) -> Result<Backup, BackupFileError> {
+    let body = bytes
+        .strip_prefix(&BACKUP_FILE_MAGIC[..])
+        .ok_or(BackupFileError::BadMagic)?;
+    Ok(crate::decode(body)?)
 }

@@ -13,8 +13,8 @@ use micro_tomcat_proto as proto;
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
 use proptest::prelude::*;
 use proto::raft::{
-    CommandResponse, Entry, Hello, LogId, PEER_WIRE_VERSION, PeerNode, PeerRequest, PeerResponse,
-    SessionCommand, SessionId, SessionRecord, SessionSnapshot, StoredMembership,
+    CommandResponse, Entry, Hello, LogId, PEER_WIRE_VERSION, PeerAuth, PeerNode, PeerRequest,
+    PeerResponse, SessionCommand, SessionId, SessionRecord, SessionSnapshot, StoredMembership,
     decode_snapshot_file, encode_snapshot_file,
 };
 use serde::Serialize;
@@ -267,6 +267,12 @@ fn hello() {
 }
 
 #[test]
+fn peer_auth() {
+    check("peer_auth_nonce", &PeerAuth::nonce([0x5a; 32]));
+    check("peer_auth_proof", &PeerAuth::proof([0xa5; 32]));
+}
+
+#[test]
 fn peer_request_client_write() {
     check_debug(
         "peer_request_client_write",
@@ -303,6 +309,7 @@ fn decode_everything(bytes: &[u8]) {
     let _ = proto::decode::<SessionSnapshot>(bytes);
     let _ = proto::decode::<PeerNode>(bytes);
     let _ = proto::decode::<Hello>(bytes);
+    let _ = proto::decode::<PeerAuth>(bytes);
     let _ = proto::decode::<PeerRequest>(bytes);
     let _ = proto::decode::<PeerResponse>(bytes);
     let _ = proto::decode::<Entry>(bytes);
@@ -343,4 +350,54 @@ proptest! {
         let len = cut.index(bytes.len());
         decode_everything(&bytes[..len]);
     }
+}
+
+#[test]
+fn command_import() {
+    check(
+        "command_import",
+        &SessionCommand::Import {
+            records: vec![record()],
+            now_ms: 1_764_000_100_000,
+        },
+    );
+}
+
+#[test]
+fn command_response_imported() {
+    check(
+        "command_response_imported",
+        &CommandResponse::Imported {
+            count: 41,
+            skipped: 1,
+        },
+    );
+}
+
+#[test]
+fn backup_file() {
+    let backup = proto::raft::Backup {
+        cluster_id: "demo".to_string(),
+        node: "node-2".to_string(),
+        log_index: 1234,
+        created_ms: 1_764_000_200_000,
+        config_xml: "<cluster id=\"demo\"/>".to_string(),
+        sessions: vec![record()],
+    };
+    let bytes = proto::raft::encode_backup_file(&backup);
+    let path = golden_path("backup_file");
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &bytes).expect("write golden");
+    }
+    let stored = std::fs::read(&path).expect("golden backup file; run with UPDATE_GOLDEN=1");
+    assert_eq!(
+        stored, bytes,
+        "backup file encoding changed; bump BACKUP_FILE_MAGIC"
+    );
+    assert_eq!(
+        proto::raft::decode_backup_file(&stored).expect("decodes"),
+        backup
+    );
+    assert!(proto::raft::decode_backup_file(b"MTSNAP01garbage").is_err());
+    assert!(proto::raft::decode_backup_file(&stored[..stored.len() - 3]).is_err());
 }

@@ -1,5 +1,6 @@
 //! The HTTP surface every node serves on `--http`.
 
+pub mod backup;
 pub mod console;
 pub mod events;
 pub mod status;
@@ -27,6 +28,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/cluster/events", get(cluster_events))
         .route("/cluster/sessions/digest", get(sessions_digest))
         .route("/cluster/route", get(route_of))
+        .merge(backup::routes())
         .route("/cluster/nodes/{name}/drain", post(drain))
         .route("/cluster/nodes/{name}/undrain", post(undrain))
         .merge(console::router())

@@ -211,6 +211,25 @@ impl SessionState {
                 }
                 CommandResponse::Expired { ids: removed }
             }
+            SessionCommand::Import { records, now_ms } => {
+                let (mut count, mut skipped) = (0, 0);
+                for record in records {
+                    if self
+                        .sessions
+                        .get(&record.id)
+                        .is_some_and(|r| !r.is_expired_at(now_ms))
+                    {
+                        skipped += 1;
+                        continue;
+                    }
+                    self.upsert(SessionRecord {
+                        last_access_ms: now_ms,
+                        ..record
+                    });
+                    count += 1;
+                }
+                CommandResponse::Imported { count, skipped }
+            }
         }
     }
 }
@@ -371,6 +390,19 @@ impl SessionReader {
     /// The session with this id if present and not expired at `now_ms`.
     pub fn get_live(&self, id: &SessionId, now_ms: u64) -> Option<SessionRecord> {
         self.get(id).filter(|r| !r.is_expired_at(now_ms))
+    }
+
+    /// Every session and the applied index they are consistent with, from one instant. The map is
+    /// cloned under the read lock (O(1), the tree is shared) and walked without it.
+    pub fn export(&self) -> (Option<u64>, Vec<SessionRecord>) {
+        let (index, sessions) = {
+            let state = self.shared.read();
+            (
+                state.last_applied.map(|log_id| log_id.index),
+                state.sessions.clone(),
+            )
+        };
+        (index, sessions.values().cloned().collect())
     }
 
     /// Number of sessions held (including expired ones not yet removed).
