@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -115,14 +115,22 @@ pub struct NodeActionArgs {
     pub node: String,
 }
 
-/// Asks `node` to drain or undrain `name`; returns the answer body.
+/// Asks `node` to drain or undrain `name` (with `MICRO_TOMCAT_ADMIN_TOKEN` as bearer token when set);
+/// returns the answer body.
 pub async fn node_action(args: &NodeActionArgs, action: &str) -> Result<String, StatusError> {
     let url = format!(
         "{}/cluster/nodes/{}/{action}",
         args.node.trim_end_matches('/'),
         args.name
     );
-    let (status, body) = http_call(hyper::Method::POST, &url, &[]).await?;
+    // With an admin token set on the nodes, the same variable gives it to the command.
+    let token = std::env::var(crate::security::ADMIN_TOKEN_ENV).ok();
+    let authorization = token.map(|token| format!("Bearer {}", token.trim()));
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    let (status, body) = http_call(hyper::Method::POST, &url, &headers).await?;
     if !status.is_success() {
         return Err(StatusError::BadAnswer {
             url,
@@ -230,7 +238,8 @@ pub async fn http_call(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<(hyper::StatusCode, String), StatusError> {
-    let (status, bytes) = http_bytes(method, url, headers, bytes::Bytes::new()).await?;
+    let (status, bytes) =
+        http_bytes(method, url, headers, bytes::Bytes::new(), STATUS_TIMEOUT).await?;
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
@@ -240,6 +249,7 @@ pub async fn http_bytes(
     url: &str,
     headers: &[(&str, &str)],
     body: bytes::Bytes,
+    timeout: Duration,
 ) -> Result<(hyper::StatusCode, bytes::Bytes), StatusError> {
     let uri: hyper::Uri = url.parse().map_err(|_| StatusError::BadUrl {
         url: url.to_string(),
@@ -279,9 +289,9 @@ pub async fn http_bytes(
             .to_bytes();
         Ok::<_, StatusError>((status, bytes))
     };
-    tokio::time::timeout(TRANSFER_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| unreachable(format!("no answer within {TRANSFER_TIMEOUT:?}")))?
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
 }
 
 /// Fetches a backup from `node` and writes it to `out` (atomically: a temporary file, then a rename).
@@ -292,8 +302,14 @@ pub async fn backup(node: &str, out: &std::path::Path) -> Result<String, StatusE
         .as_deref()
         .map(|token| vec![("authorization", token)])
         .unwrap_or_default();
-    let (status, body) =
-        http_bytes(hyper::Method::GET, &url, &headers, bytes::Bytes::new()).await?;
+    let (status, body) = http_bytes(
+        hyper::Method::GET,
+        &url,
+        &headers,
+        bytes::Bytes::new(),
+        TRANSFER_TIMEOUT,
+    )
+    .await?;
     if !status.is_success() {
         return Err(StatusError::BadAnswer {
             url,
@@ -339,7 +355,14 @@ pub async fn restore(node: &str, file: &std::path::Path) -> Result<String, Statu
     if let Some(token) = token.as_deref() {
         headers.push(("authorization", token));
     }
-    let (status, body) = http_bytes(hyper::Method::POST, &url, &headers, bytes.into()).await?;
+    let (status, body) = http_bytes(
+        hyper::Method::POST,
+        &url,
+        &headers,
+        bytes.into(),
+        TRANSFER_TIMEOUT,
+    )
+    .await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
         return Err(StatusError::BadAnswer {
