@@ -224,6 +224,8 @@ pub fn describe_startup(config: &NodeConfig) -> String {
         let seeds: Vec<String> = config.seeds.iter().map(ToString::to_string).collect();
         text.push_str(&format!("\nseeds: {}", seeds.join(", ")));
     }
+    text.push('\n');
+    text.push_str(&config.secrets.describe());
     text
 }
 
@@ -243,6 +245,7 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
         replica: context.replica().clone(),
         default_ttl: sessions.ttl,
         max_bytes: sessions.max_bytes,
+        admin: crate::security::AdminAuth::new(config.secrets.admin_token.clone()),
     };
     let served_by = HeaderValue::from_str(&config.me.name).unwrap_or(HeaderValue::from_static("?"));
     // Stamped only on what this node serves: a proxied response keeps the owner's stamp.
@@ -457,7 +460,11 @@ async fn serve(
             metrics: Arc::new(Metrics::new(config_metrics_enabled)),
         }),
     };
-    let mut app = http::router(context.clone()).merge(applications(&context, apps));
+    let mut app = http::router(context.clone())
+        .merge(applications(&context, apps))
+        .layer(axum::middleware::from_fn(
+            crate::security::limit_request_head,
+        ));
     if context.metrics().enabled() {
         app = app.layer(axum::middleware::from_fn_with_state(
             context.metrics().http().clone(),

@@ -393,6 +393,37 @@ async fn console_in_headless_chromium_shows_members_a_kill_and_drains() {
     )
     .await;
 
+    // An admin token typed into the console is kept in the browser and sent with drain calls
+    // (a cluster without a token accepts them either way).
+    browser
+        .click(&browser.find("#token-toggle").await.expect("token button"))
+        .await;
+    let input = browser.find("#token-input").await.expect("token input");
+    browser
+        .session(
+            reqwest::Method::POST,
+            &format!("/element/{input}/value"),
+            json!({ "text": "console-test-admin-token" }),
+        )
+        .await;
+    browser
+        .click(
+            &browser
+                .find("#token-form button[type=submit]")
+                .await
+                .expect("save button"),
+        )
+        .await;
+    let token_button = browser.find("#token-toggle").await.expect("token button");
+    assert_eq!(
+        browser
+            .attribute(&token_button, "data-set")
+            .await
+            .as_deref(),
+        Some("true"),
+        "the console shows that a token is set"
+    );
+
     // The drain button of node-2 drains it, and the console shows it.
     let button = browser
         .find("button.action[data-node=\"node-2\"]")
@@ -419,10 +450,15 @@ async fn console_in_headless_chromium_shows_members_a_kill_and_drains() {
         },
     )
     .await;
-    let toast = browser.text_of("#toasts .toast").await.unwrap_or_default();
+    let mut toasts = Vec::new();
+    for toast in browser.find_all("#toasts .toast").await {
+        toasts.push(browser.text(&toast).await.unwrap_or_default());
+    }
     assert!(
-        toast.contains("node-2"),
-        "visible feedback after the click: {toast:?}"
+        toasts
+            .iter()
+            .any(|toast| toast.contains("node-2 is draining")),
+        "visible feedback after the click: {toasts:?}"
     );
 
     let png = browser.screenshot().await;

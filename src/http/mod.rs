@@ -15,7 +15,15 @@ use serde::Deserialize;
 
 use crate::membership::MemberState;
 use crate::node::NodeContext;
+use crate::security::{AdminAuth, RequireAdmin};
 use status::ClusterStatus;
+
+/// Admin handlers of this router take [`RequireAdmin`]: the token comes from the node's secrets.
+impl axum::extract::FromRef<NodeContext> for AdminAuth {
+    fn from_ref(context: &NodeContext) -> AdminAuth {
+        AdminAuth::new(context.config().secrets.admin_token.clone())
+    }
+}
 
 /// Builds the router for one node.
 pub fn router(context: NodeContext) -> Router {
@@ -112,6 +120,7 @@ async fn sessions_digest(State(context): State<NodeContext>) -> Response {
 }
 
 async fn drain(
+    _admin: RequireAdmin,
     State(context): State<NodeContext>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -120,6 +129,7 @@ async fn drain(
 }
 
 async fn undrain(
+    _admin: RequireAdmin,
     State(context): State<NodeContext>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -172,13 +182,15 @@ async fn set_draining(
         );
     };
     let url = format!("http://{addr}/cluster/nodes/{name}/{action}");
-    match crate::cli::http_call(
-        axum::http::Method::POST,
-        &url,
-        &[(crate::proxy::HOP_HEADER, "1")],
-    )
-    .await
+    // The member checks the admin token too, so the caller's credentials go along.
+    let mut forwarded = vec![(crate::proxy::HOP_HEADER, "1")];
+    if let Some(authorization) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
     {
+        forwarded.push((header::AUTHORIZATION.as_str(), authorization));
+    }
+    match crate::cli::http_call(axum::http::Method::POST, &url, &forwarded).await {
         Ok((status, body)) => {
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
