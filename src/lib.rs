@@ -15,5 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod raft;
+pub mod reload;
 pub mod routing;
+pub mod security;
 pub mod session;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use micro_tomcat::cli::{Cli, Command};
 use micro_tomcat::config::{ClusterConfig, NodeConfig};
+use micro_tomcat::node::Node;
+use micro_tomcat::reload::LogControl;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -64,8 +66,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            init_logging();
-            runtime(run_node(config))
+            let log = init_logging(config.cluster.logging.level.as_deref());
+            runtime(run_node(config, log))
         }
     }
 }
@@ -109,21 +111,34 @@ fn runtime(future: impl Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Installs the log subscriber: `RUST_LOG`, else `<logging level>`, else the default filter. Returns
+/// the control a config reload uses to change the filter.
+fn init_logging(configured: Option<&str>) -> LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,chitchat=warn,openraft=warn,openraft::core::raft_core=off",
+            configured.unwrap_or(micro_tomcat::node::DEFAULT_LOG_FILTER),
         )
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    std::sync::Arc::new(move |level: &str| {
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(level).map_err(|err| err.to_string())?;
+        handle.reload(filter).map_err(|err| err.to_string())
+    })
 }
 
-async fn run_node(config: NodeConfig) -> ExitCode {
+async fn run_node(config: NodeConfig, log: LogControl) -> ExitCode {
     println!("{}", micro_tomcat::node::describe_startup(&config));
     let listener = match tokio::net::TcpListener::bind(config.me.http).await {
         Ok(listener) => listener,
@@ -134,7 +149,12 @@ async fn run_node(config: NodeConfig) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_to_cancel(shutdown.clone()));
-    match micro_tomcat::node::run(config, listener, shutdown).await {
+    let demo = micro_tomcat::apps::demo::router(config.me.name.clone());
+    let node = Node::builder(config)
+        .app(demo)
+        .listener(listener)
+        .log_control(log);
+    match node.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

@@ -78,6 +78,7 @@ struct ContextInner {
     events: EventLog,
     closing: CancellationToken,
     metrics: Arc<Metrics>,
+    live: Arc<crate::reload::LiveSettings>,
 }
 
 impl NodeContext {
@@ -99,6 +100,11 @@ impl NodeContext {
     /// The local application in upstream mode, if any.
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         self.inner.upstream.as_ref()
+    }
+
+    /// Settings a config reload can change.
+    pub fn live(&self) -> &crate::reload::LiveSettings {
+        &self.inner.live
     }
 
     /// Request routing of this node.
@@ -233,7 +239,11 @@ pub fn describe_startup(config: &NodeConfig) -> String {
 fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
     let config = context.config();
     let sessions = &config.cluster.sessions;
-    let store = ClusterStore::new(context.replica().clone(), sessions.max_bytes);
+    let store = ClusterStore::new(
+        context.replica().clone(),
+        sessions.max_bytes,
+        context.live().session_ttl_ms.clone(),
+    );
     let ttl = tower_sessions::cookie::time::Duration::milliseconds(
         i64::try_from(sessions.ttl.as_millis()).unwrap_or(i64::MAX),
     );
@@ -243,7 +253,7 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
         .with_expiry(Expiry::OnInactivity(ttl));
     let api = SessionApi {
         replica: context.replica().clone(),
-        default_ttl: sessions.ttl,
+        default_ttl_ms: context.live().session_ttl_ms.clone(),
         max_bytes: sessions.max_bytes,
         admin: crate::security::AdminAuth::new(config.secrets.admin_token.clone()),
     };
@@ -283,6 +293,29 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
     Router::new()
         .merge(crate::session::api::router(api).layer(stamp))
         .merge(application)
+}
+
+/// Reloads the config file on every SIGHUP until `stop`.
+async fn reload_on_sighup(context: NodeContext, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP; reload through POST /cluster/config/reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hangup.recv() => {
+                    info!("SIGHUP: reloading the configuration");
+                    let _ = crate::reload::reload(&context).await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    stop.cancelled().await;
 }
 
 async fn not_found() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
@@ -341,6 +374,7 @@ impl Node {
             config,
             apps: Vec::new(),
             listener: None,
+            log: None,
         }
     }
 }
@@ -350,6 +384,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     apps: Vec<Router>,
     listener: Option<TcpListener>,
+    log: Option<crate::reload::LogControl>,
 }
 
 impl NodeBuilder {
@@ -366,12 +401,20 @@ impl NodeBuilder {
         self
     }
 
-    /// Runs the node until `shutdown` is cancelled, then leaves the cluster gracefully.
+    /// Lets a config reload change the log filter (`<logging level>`) through `control`.
+    pub fn log_control(mut self, control: crate::reload::LogControl) -> NodeBuilder {
+        self.log = Some(control);
+        self
+    }
+
+    /// Runs the node until `shutdown` is cancelled, then leaves the cluster gracefully. SIGHUP reloads
+    /// the config file.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
         let NodeBuilder {
             config,
             apps,
             listener,
+            log,
         } = self;
         let http_listener = match listener {
             Some(listener) => listener,
@@ -382,7 +425,7 @@ impl NodeBuilder {
                     source,
                 })?,
         };
-        serve(config, apps, http_listener, shutdown).await
+        serve(config, apps, http_listener, log, shutdown).await
     }
 }
 
@@ -390,6 +433,7 @@ async fn serve(
     config: NodeConfig,
     apps: Vec<Router>,
     http_listener: TcpListener,
+    log: Option<crate::reload::LogControl>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let tasks = TaskTracker::new();
@@ -450,7 +494,6 @@ async fn serve(
     let config_metrics_enabled = config.cluster.metrics.enabled;
     let context = NodeContext {
         inner: Arc::new(ContextInner {
-            config,
             membership,
             replica,
             routing,
@@ -458,8 +501,14 @@ async fn serve(
             events,
             closing: http_stop.clone(),
             metrics: Arc::new(Metrics::new(config_metrics_enabled)),
+            live: Arc::new(crate::reload::LiveSettings::new(
+                config.cluster.clone(),
+                log,
+            )),
+            config,
         }),
     };
+    tasks.spawn(reload_on_sighup(context.clone(), stop.clone()));
     let mut app = http::router(context.clone())
         .merge(applications(&context, apps))
         .layer(axum::middleware::from_fn(

@@ -48,14 +48,19 @@ pub struct TargetStats {
     pub ejected: bool,
 }
 
+/// What a config reload may change: strategy, key and retries, swapped as one.
+struct Policy {
+    strategy: Strategy,
+    key: HashKey,
+    retries: u32,
+    balancer: Arc<dyn LoadBalancer>,
+}
+
 /// The routing state of one node.
 pub struct Routing {
     me: String,
-    strategy: Strategy,
-    key: HashKey,
+    policy: ArcSwap<Policy>,
     cookie: String,
-    retries: u32,
-    balancer: Arc<dyn LoadBalancer>,
     in_flight: InFlight,
     proxy: Proxy,
     snapshot: ArcSwap<BalancerSnapshot>,
@@ -74,11 +79,13 @@ impl Routing {
         let in_flight = InFlight::default();
         Routing {
             me: config.me.name.clone(),
-            strategy: balancer.strategy,
-            key: balancer.key,
+            policy: ArcSwap::from_pointee(Policy {
+                strategy: balancer.strategy,
+                key: balancer.key,
+                retries: balancer.retries,
+                balancer: for_strategy(balancer.strategy, in_flight.clone()),
+            }),
             cookie: config.cluster.sessions.cookie.clone(),
-            retries: balancer.retries,
-            balancer: for_strategy(balancer.strategy, in_flight.clone()),
             in_flight,
             proxy: Proxy::new(&config.me.name),
             snapshot: ArcSwap::from_pointee(BalancerSnapshot::default()),
@@ -139,14 +146,30 @@ impl Routing {
             .collect()
     }
 
+    /// Applies a reloaded `<balancer>`: later requests use it; requests in flight keep the old one.
+    pub fn apply(&self, balancer: &crate::config::BalancerConfig) {
+        let current = self.policy.load();
+        let strategy_changed = current.strategy != balancer.strategy;
+        self.policy.store(Arc::new(Policy {
+            strategy: balancer.strategy,
+            key: balancer.key,
+            retries: balancer.retries,
+            balancer: if strategy_changed {
+                for_strategy(balancer.strategy, self.in_flight.clone())
+            } else {
+                current.balancer.clone()
+            },
+        }));
+    }
+
     /// The strategy in use.
     pub fn strategy(&self) -> Strategy {
-        self.strategy
+        self.policy.load().strategy
     }
 
     /// The routing key in use.
     pub fn key(&self) -> HashKey {
-        self.key
+        self.policy.load().key
     }
 
     /// Routing figures per member, by name.
@@ -187,7 +210,9 @@ impl Routing {
     /// The ordered member names a request with this key would go to (owner first).
     pub fn owners(&self, key: &RoutingKey) -> Vec<String> {
         let snapshot = self.snapshot.load();
-        self.balancer
+        self.policy
+            .load()
+            .balancer
             .candidates(key, &snapshot)
             .into_iter()
             .filter_map(|index| snapshot.targets().get(index).map(|t| t.name.clone()))
@@ -197,7 +222,7 @@ impl Routing {
     /// The routing key of a request: its session cookie, else the client address.
     pub fn key_for(&self, headers: &HeaderMap, client: IpAddr) -> RoutingKey {
         let session = session_cookie(headers, &self.cookie);
-        RoutingKey::for_request(self.key, session.as_deref(), Some(client))
+        RoutingKey::for_request(self.key(), session.as_deref(), Some(client))
     }
 
     fn counters(&self, name: &str) -> Arc<TargetCounters> {
@@ -255,9 +280,11 @@ pub async fn route(
             request.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
     }
-    let key = routing.key_for(request.headers(), peer.ip());
+    let policy = routing.policy.load_full();
+    let session = session_cookie(request.headers(), &routing.cookie);
+    let key = RoutingKey::for_request(policy.key, session.as_deref(), Some(peer.ip()));
     let snapshot = routing.snapshot.load_full();
-    let order = routing.balancer.candidates(&key, &snapshot);
+    let order = policy.balancer.candidates(&key, &snapshot);
     let Some(first) = order.first().and_then(|i| snapshot.targets().get(*i)) else {
         // Nobody takes work (this node drains alone, or membership is still empty): serve here.
         return routing.serve_here(request, next).await;
@@ -273,7 +300,7 @@ pub async fn route(
         Ok(PreparedRequest::Streaming(request)) => (None, Some(request)),
         Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
     };
-    let attempts = 1 + routing.retries as usize;
+    let attempts = 1 + policy.retries as usize;
     let mut last_error = String::from("no member could take the request");
     for (attempt, index) in order.into_iter().take(attempts).enumerate() {
         let Some(target) = snapshot.targets().get(index) else {

@@ -152,6 +152,9 @@ pub enum ConfigError {
         /// What is wrong, naming the flag.
         message: String,
     },
+    /// The cluster key or the admin token cannot be loaded (`<security>` or the environment).
+    #[error(transparent)]
+    Secret(#[from] crate::security::SecretError),
 }
 
 /// The validated contents of `cluster-config.xml`.
@@ -173,6 +176,8 @@ pub struct ClusterConfig {
     pub app: AppConfig,
     /// Prometheus metrics (`<metrics>`).
     pub metrics: MetricsConfig,
+    /// `<logging>`.
+    pub logging: LoggingConfig,
     /// Alert rules and receivers (`<alerts>`); `None` evaluates nothing.
     pub alerts: Option<AlertsConfig>,
     /// The founding nodes, in file order.
@@ -354,6 +359,13 @@ pub struct AppConfig {
     pub upstream: Option<String>,
 }
 
+/// Log settings (`<logging>`); `RUST_LOG` wins at start, a reload applies the file's level.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoggingConfig {
+    /// A `RUST_LOG`-style filter, e.g. `info,chitchat=warn`.
+    pub level: Option<String>,
+}
+
 /// Metrics settings (`<metrics>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
@@ -519,6 +531,7 @@ impl ClusterConfig {
             security: SecurityConfig::default(),
             app: AppConfig::default(),
             metrics: MetricsConfig::default(),
+            logging: LoggingConfig::default(),
             alerts: None,
             nodes: Vec::new(),
             source: None,
@@ -593,6 +606,8 @@ pub struct NodeConfig {
     pub seeds: Vec<SocketAddr>,
     /// `--data-dir`, else `<raft data-dir>/<name>`.
     pub data_dir: PathBuf,
+    /// The cluster key and admin token, from the environment or the `<security>` files.
+    pub secrets: crate::security::Secrets,
 }
 
 impl NodeConfig {
@@ -687,12 +702,15 @@ impl NodeConfig {
                 .map_err(|problem| flag(format!("--upstream {}: {problem}", quote(raw))))?;
             cluster.app.upstream = Some(raw.clone());
         }
+        let secrets =
+            crate::security::load_secrets(&cluster.security, |name| std::env::var_os(name))?;
         Ok(NodeConfig {
             cluster,
             me,
             founder: listed.is_some(),
             seeds,
             data_dir,
+            secrets,
         })
     }
 }

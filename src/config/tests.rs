@@ -358,7 +358,7 @@ fn unknown_attribute_lists_allowed_ones() {
 fn unknown_element_lists_allowed_ones() {
     assert_error(
         &with_element("<gosip interval-ms=\"150\"/>"),
-        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <nodes>",
+        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <nodes>",
     );
     assert_error_contains(
         &minimal("    <server name=\"x\"/>\n"),

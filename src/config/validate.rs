@@ -16,8 +16,9 @@ pub(super) struct Ctx<'a> {
 }
 
 /// The top-level children `<cluster>` accepts, in the order they are listed in messages.
-const CLUSTER_CHILDREN: [&str; 9] = [
-    "gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "alerts", "nodes",
+const CLUSTER_CHILDREN: [&str; 10] = [
+    "gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "alerts", "logging",
+    "nodes",
 ];
 
 impl Ctx<'_> {
@@ -282,6 +283,10 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         Some(element) => Some(alerts(element, ctx, &metrics)?),
         None => None,
     };
+    let logging = match found.get("logging") {
+        Some(element) => logging(element, ctx)?,
+        None => LoggingConfig::default(),
+    };
     let nodes = match found.get("nodes") {
         Some(element) => nodes(element, ctx)?,
         None => {
@@ -305,6 +310,7 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         app,
         metrics,
         alerts,
+        logging,
         nodes,
         source: None,
     })
@@ -508,6 +514,37 @@ fn app(element: &RawElement, ctx: &Ctx<'_>) -> Result<AppConfig, ConfigError> {
         },
     };
     Ok(AppConfig { docroot, upstream })
+}
+
+fn logging(element: &RawElement, ctx: &Ctx<'_>) -> Result<LoggingConfig, ConfigError> {
+    ctx.only_attrs(element, &["level"])?;
+    ctx.no_children(element)?;
+    let level = match element.attr("level") {
+        None => None,
+        Some(raw) => {
+            // The same syntax as RUST_LOG: comma-separated `level` or `target=level` directives.
+            let valid = !raw.trim().is_empty()
+                && raw.split(',').all(|directive| {
+                    let level = directive.rsplit('=').next().unwrap_or("").trim();
+                    let target_ok = directive.split('=').count() <= 2;
+                    target_ok
+                        && ["trace", "debug", "info", "warn", "error", "off"]
+                            .contains(&level.to_ascii_lowercase().as_str())
+                });
+            if !valid {
+                return Err(ctx.invalid(
+                    element,
+                    Some("level"),
+                    format!(
+                        "level must be a RUST_LOG filter such as \"info\" or \"info,chitchat=warn\", got {}",
+                        quote(raw)
+                    ),
+                ));
+            }
+            Some(raw.trim().to_owned())
+        }
+    };
+    Ok(LoggingConfig { level })
 }
 
 fn metrics(element: &RawElement, ctx: &Ctx<'_>) -> Result<MetricsConfig, ConfigError> {

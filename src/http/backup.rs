@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::events::now_ms;
 use crate::node::NodeContext;
+use crate::security::RequireAdmin;
 
 /// Largest backup accepted by `/cluster/restore`.
 pub const MAX_RESTORE_BYTES: usize = 1024 * 1024 * 1024;
@@ -56,7 +57,7 @@ pub async fn take(context: &NodeContext) -> Result<Backup, String> {
     })
 }
 
-async fn backup(State(context): State<NodeContext>) -> Response {
+async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {
     match take(&context).await {
         Ok(backup) => {
             info!(
@@ -81,7 +82,11 @@ async fn backup(State(context): State<NodeContext>) -> Response {
     }
 }
 
-async fn restore(State(context): State<NodeContext>, body: Bytes) -> Response {
+async fn restore(
+    State(context): State<NodeContext>,
+    _admin: RequireAdmin,
+    body: Bytes,
+) -> Response {
     let backup = match decode_backup_file(&body) {
         Ok(backup) => backup,
         Err(err) => return error(StatusCode::BAD_REQUEST, err.to_string()),

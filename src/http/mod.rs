@@ -37,6 +37,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/cluster/sessions/digest", get(sessions_digest))
         .route("/cluster/route", get(route_of))
         .merge(backup::routes())
+        .route("/cluster/config/reload", post(reload_config))
         .route("/cluster/nodes/{name}/drain", post(drain))
         .route("/cluster/nodes/{name}/undrain", post(undrain))
         .merge(console::router())
@@ -215,4 +216,19 @@ async fn route_of(State(context): State<NodeContext>, Query(query): Query<RouteQ
         "owners": routing.owners(&key),
     }))
     .into_response()
+}
+
+/// `POST /cluster/config/reload`: re-read the config file; 200 with what changed, 400 (old config kept)
+/// when the file is invalid.
+async fn reload_config(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {
+    match crate::reload::reload(&context).await {
+        Ok(summary) => {
+            axum::Json(serde_json::json!({ "reloaded": true, "changes": summary })).into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "reloaded": false, "error": error })),
+        )
+            .into_response(),
+    }
 }

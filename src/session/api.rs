@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,19 +15,31 @@ use serde_json::{Value, json};
 
 use crate::events::now_ms;
 use crate::raft::replica::{ConsensusError, Replica};
+use crate::security::{AdminAuth, RequireAdmin};
 
 /// Largest TTL a client may ask for: one year.
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Bodies up to this much above `max_bytes` are read and refused with a JSON 413 naming the limit;
+/// larger ones are cut off while streaming (413 too), so no body is buffered past the limit.
+const BODY_SLACK_BYTES: usize = 64 * 1024;
 
 /// What the session API needs.
 #[derive(Clone)]
 pub struct SessionApi {
     /// The replicated store.
     pub replica: Arc<Replica>,
-    /// TTL when the client gives none.
-    pub default_ttl: Duration,
+    /// TTL in ms when the client gives none; shared with the config reloader.
+    pub default_ttl_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Largest session accepted (bytes of JSON).
     pub max_bytes: usize,
+    /// Writes (create, replace, delete) need the admin token when one is set; reads do not.
+    pub admin: AdminAuth,
+}
+
+impl FromRef<SessionApi> for AdminAuth {
+    fn from_ref(api: &SessionApi) -> AdminAuth {
+        api.admin.clone()
+    }
 }
 
 /// An API failure with its HTTP status and a JSON body `{"error": "..."}`.
@@ -66,9 +78,11 @@ impl IntoResponse for ApiError {
 
 /// The routes under `/api/sessions`.
 pub fn router(api: SessionApi) -> Router {
+    let body_limit = DefaultBodyLimit::max(api.max_bytes.saturating_add(BODY_SLACK_BYTES));
     Router::new()
         .route("/api/sessions", post(create))
         .route("/api/sessions/{id}", get(read).put(update).delete(remove))
+        .layer(body_limit)
         .with_state(api)
 }
 
@@ -97,7 +111,9 @@ fn parse_id(text: &str) -> Result<SessionId, ApiError> {
 impl SessionApi {
     fn ttl(&self, query: &TtlQuery) -> Result<u64, ApiError> {
         match query.ttl {
-            None => Ok(self.default_ttl.as_millis() as u64),
+            None => Ok(self
+                .default_ttl_ms
+                .load(std::sync::atomic::Ordering::Relaxed)),
             Some(0) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "ttl must be at least 1 second",
@@ -137,6 +153,7 @@ impl SessionApi {
 }
 
 async fn create(
+    _admin: RequireAdmin,
     State(api): State<SessionApi>,
     Query(query): Query<TtlQuery>,
     body: Bytes,
@@ -206,6 +223,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 async fn update(
+    _admin: RequireAdmin,
     State(api): State<SessionApi>,
     Path(id): Path<String>,
     Query(query): Query<TtlQuery>,
@@ -249,6 +267,7 @@ async fn update(
 }
 
 async fn remove(
+    _admin: RequireAdmin,
     State(api): State<SessionApi>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

@@ -18,6 +18,9 @@ use crate::raft::replica::Replica;
 pub struct ClusterStore {
     replica: Arc<Replica>,
     max_bytes: usize,
+    /// `<sessions ttl-seconds>` in ms, shared with the config reloader: a reload applies to the next
+    /// write, whatever expiry the cookie layer computed when it was built.
+    ttl_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -38,19 +41,27 @@ pub fn to_tower_id(id: &SessionId) -> Id {
     Id(i128::from_le_bytes(*id.as_bytes()))
 }
 
-fn ttl_ms(expiry: OffsetDateTime) -> u64 {
-    let millis = (expiry - OffsetDateTime::now_utc()).whole_milliseconds();
-    millis.clamp(1_000, i128::from(u64::MAX >> 1)) as u64
-}
-
 fn backend(err: impl std::fmt::Display) -> Error {
     Error::Backend(err.to_string())
 }
 
 impl ClusterStore {
-    /// A store writing through `replica`, refusing sessions larger than `max_bytes`.
-    pub fn new(replica: Arc<Replica>, max_bytes: usize) -> ClusterStore {
-        ClusterStore { replica, max_bytes }
+    /// A store writing through `replica`, refusing sessions larger than `max_bytes`, giving every
+    /// session the idle TTL in `ttl_ms`.
+    pub fn new(
+        replica: Arc<Replica>,
+        max_bytes: usize,
+        ttl_ms: Arc<std::sync::atomic::AtomicU64>,
+    ) -> ClusterStore {
+        ClusterStore {
+            replica,
+            max_bytes,
+            ttl_ms,
+        }
+    }
+
+    fn ttl(&self) -> u64 {
+        self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn encode(&self, record: &Record) -> Result<String> {
@@ -76,7 +87,7 @@ impl SessionStore for ClusterStore {
             let command = SessionCommand::Create {
                 id,
                 data: data.clone(),
-                ttl_ms: ttl_ms(record.expiry_date),
+                ttl_ms: self.ttl(),
                 now_ms: now_ms(),
             };
             match self.replica.write(command).await.map_err(backend)?.1 {
@@ -93,7 +104,7 @@ impl SessionStore for ClusterStore {
     async fn save(&self, record: &Record) -> Result<()> {
         let data = self.encode(record)?;
         let id = to_session_id(&record.id);
-        let ttl = ttl_ms(record.expiry_date);
+        let ttl = self.ttl();
         let put = SessionCommand::Put {
             id,
             data: data.clone(),
