@@ -295,6 +295,46 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
         .merge(application)
 }
 
+/// How often this node publishes its load in gossip.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes this node's load (connections, requests, sessions, CPU, memory) in gossip once a second,
+/// so every node's status shows every member's figures.
+async fn publish_load(context: NodeContext, stop: CancellationToken) {
+    let mut last_cpu: Option<(std::time::Instant, f64)> = None;
+    let mut last: Option<proto::gossip::LoadReport> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(LOAD_EVERY) => {}
+        }
+        let process = crate::metrics::process::ProcessStats::read();
+        let now = std::time::Instant::now();
+        let cpu_percent = match (process.cpu_seconds, last_cpu) {
+            (Some(cpu), Some((then, before))) => {
+                let wall = now.duration_since(then).as_secs_f64().max(1e-3);
+                ((cpu - before).max(0.0) / wall * 1000.0).round() / 10.0
+            }
+            _ => 0.0,
+        };
+        if let Some(cpu) = process.cpu_seconds {
+            last_cpu = Some((now, cpu));
+        }
+        let http = context.metrics().http();
+        let load = proto::gossip::LoadReport {
+            active_connections: http.connections_open(),
+            requests_total: http.requests_total(),
+            sessions: context.replica().reader().len() as u64,
+            cpu_percent,
+            memory_bytes: process.resident_bytes.unwrap_or(0),
+        };
+        if last != Some(load) {
+            context.membership().set_load(load).await;
+            last = Some(load);
+        }
+    }
+}
+
 /// Reloads the config file on every SIGHUP until `stop`.
 async fn reload_on_sighup(context: NodeContext, stop: CancellationToken) {
     #[cfg(unix)]
@@ -509,6 +549,7 @@ async fn serve(
         }),
     };
     tasks.spawn(reload_on_sighup(context.clone(), stop.clone()));
+    tasks.spawn(publish_load(context.clone(), stop.clone()));
     let mut app = http::router(context.clone())
         .merge(applications(&context, apps))
         .layer(axum::middleware::from_fn(

@@ -48,6 +48,26 @@ async fn founders_converge_and_a_joiner_is_seen_by_all() {
     }
     // Ready also needs a Raft leader, which may come a moment after gossip converged.
     cluster.wait_ready(CONVERGE).await;
+    // Every member's load reaches every node through gossip, at most a second old.
+    wait_for(
+        "load figures of all 3 members on node-1",
+        CONVERGE,
+        || async {
+            let status = cluster.status("node-1").await?;
+            let members = status["members"].as_array()?;
+            let complete = members.iter().all(|row| {
+                row["memory_bytes"]
+                    .as_u64()
+                    .is_some_and(|bytes| bytes > 1_000_000)
+                    && row["cpu_percent"].as_f64().is_some()
+                    && row["sessions"].as_u64().is_some()
+                    && row["requests_total"].as_u64().is_some()
+                    && row["active_connections"].as_u64().is_some()
+            });
+            complete.then_some(())
+        },
+    )
+    .await;
 
     cluster.add_joiner("node-4", "node-2");
     cluster.start("node-4");
