@@ -27,10 +27,11 @@ use crate::session::api::SessionApi;
 
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Log filter when `RUST_LOG` is not set: our events at info; chitchat and openraft only when they
-/// warn, and not openraft's core, which logs one error per read while any follower is down.
-pub const DEFAULT_LOG_FILTER: &str =
-    "info,chitchat=warn,openraft=warn,openraft::core::raft_core=off";
+/// Log filter when `RUST_LOG` is not set: our events at info; chitchat, openraft and raft-log only
+/// when they warn; not openraft's core (one error per read while any follower is down) nor its
+/// responder (one warning per write whose client went away).
+pub const DEFAULT_LOG_FILTER: &str = "info,chitchat=warn,openraft=warn,raft_log=warn,\
+    openraft::core::raft_core=off,openraft::raft::responder=error";
 /// Header naming the node that served an application request.
 pub const SERVED_BY: &str = "x-served-by";
 

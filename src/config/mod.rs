@@ -39,11 +39,11 @@ pub const DEFAULT_VOTERS: usize = 3;
 /// Allowed number of Raft voters.
 pub const VOTERS_RANGE: RangeInclusive<u64> = 1..=9;
 /// Default Raft leader heartbeat in milliseconds.
-pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 /// Allowed Raft heartbeat in milliseconds.
 pub const HEARTBEAT_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
 /// Default Raft election timeout in milliseconds.
-pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 600;
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 350;
 /// Allowed Raft election timeout in milliseconds.
 pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
 /// Default time a Raft member must be gone before the leader removes it, in milliseconds.

@@ -176,8 +176,8 @@ fn minimal_file_gets_every_default() {
     assert_eq!(config.gossip.dead_after, Duration::from_millis(5000));
     assert_eq!(config.raft.data_dir, PathBuf::from("data"));
     assert_eq!(config.raft.voters, 3);
-    assert_eq!(config.raft.heartbeat, Duration::from_millis(100));
-    assert_eq!(config.raft.election_timeout, Duration::from_millis(600));
+    assert_eq!(config.raft.heartbeat, Duration::from_millis(50));
+    assert_eq!(config.raft.election_timeout, Duration::from_millis(350));
     assert_eq!(config.sessions.ttl, Duration::from_secs(1800));
     assert_eq!(config.sessions.cookie, "MTSESSIONID");
     assert_eq!(config.sessions.max_bytes, 1_048_576);
@@ -358,7 +358,7 @@ fn unknown_attribute_lists_allowed_ones() {
 fn unknown_element_lists_allowed_ones() {
     assert_error(
         &with_element("<gosip interval-ms=\"150\"/>"),
-        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <nodes>",
+        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <logging>, <nodes>",
     );
     assert_error_contains(
         &minimal("    <server name=\"x\"/>\n"),
@@ -516,7 +516,7 @@ fn election_timeout_must_cover_three_heartbeats() {
     assert_error_contains(
         &with_element("<raft heartbeat-ms=\"300\"/>"),
         "cluster-config.xml:2: <raft heartbeat-ms=\"300\">: ",
-        "got 600 (the default)",
+        "got 350 (the default)",
     );
     assert!(
         parse(&with_element(

@@ -4,6 +4,15 @@
 //! with a log line. Then each request frame gets exactly one response frame, in order. Frames are a
 //! big-endian `u32` length and a postcard body (`proto::raft`); oversize lengths are refused before
 //! anything is allocated, and bodies are read as they arrive, never pre-allocated from the header.
+//!
+//! With a cluster key, the hellos are followed by a [`PeerAuth`] exchange: a random nonce each way,
+//! then an HMAC-SHA256 proof of the key from the connecting side and, once it checked out, from the
+//! accepting side. A peer without the key (or with another) is refused with a log line naming its
+//! address. Every later frame is sealed with ChaCha20-Poly1305 under per-connection, per-direction keys
+//! derived from the handshake, with a frame counter as nonce and the length header as associated
+//! data: peer traffic is then confidential, and a frame that is forged, altered, replayed or
+//! reordered ends the connection. Before the handshake completes a stranger gets no more than
+//! [`MAX_HELLO_BYTES`] per frame and [`HELLO_TIMEOUT`] in all.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +27,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use proto::raft::{
-    FRAME_HEADER_BYTES, Hello, NodeId, PEER_WIRE_VERSION, PeerNode, PeerRequest, PeerResponse,
-    TypeConfig, decode_frame_body, decode_frame_len, encode_frame,
+    FRAME_HEADER_BYTES, Hello, NodeId, PEER_AUTH_MAGIC, PEER_WIRE_VERSION, PeerAuth, PeerAuthStep,
+    PeerNode, PeerRequest, PeerResponse, TypeConfig, decode_frame_body, decode_frame_len,
+    encode_frame,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,10 +39,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-/// Largest `Hello` accepted: a stranger gets no more than this before it has introduced itself.
-const MAX_HELLO_BYTES: usize = 4096;
-/// Time a new connection gets to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::security::{
+    FrameCipher, LogThrottle, PEER_NONCE_BYTES, PeerKey, PeerRole, PeerTranscript, TAG_BYTES,
+    random_bytes,
+};
+
+/// Largest `Hello` (or handshake step) accepted: a stranger gets no more than this per frame before
+/// it has introduced (and, with a key, authenticated) itself.
+pub const MAX_HELLO_BYTES: usize = 4096;
+/// Time a new connection gets to complete the handshake.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Peers refused for not holding the cluster key are logged at most this often (with the number held
+/// back): a misconfigured node retries several times a second.
+static REFUSED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+/// Shortest deadline given to a Raft RPC.
+const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(500);
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 16;
 
@@ -81,6 +102,14 @@ pub enum PeerError {
         /// Why.
         reason: String,
     },
+    /// With a cluster key: the peer did not prove it holds the same key.
+    #[error("peer {addr} refused: {reason}")]
+    Unauthenticated {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Why (never the key).
+        reason: String,
+    },
 }
 
 impl PeerError {
@@ -122,16 +151,51 @@ impl PeerTraffic {
     }
 }
 
+/// A peer connection: the TCP stream and, after a keyed handshake, its two frame ciphers.
+pub struct PeerStream {
+    stream: TcpStream,
+    /// `(sending, receiving)`.
+    ciphers: Option<(FrameCipher, FrameCipher)>,
+}
+
+impl PeerStream {
+    /// A connection that has not been through the handshake: frames are plain.
+    pub fn new(stream: TcpStream) -> PeerStream {
+        PeerStream {
+            stream,
+            ciphers: None,
+        }
+    }
+}
+
 async fn write_frame<T: Serialize>(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     addr: SocketAddr,
     message: &T,
 ) -> Result<(), PeerError> {
-    let frame = encode_frame(message).map_err(|err| PeerError::Protocol {
+    let mut frame = encode_frame(message).map_err(|err| PeerError::Protocol {
         addr,
         reason: err.to_string(),
     })?;
+    if let Some((sending, _)) = &mut stream.ciphers {
+        // The header announces the sealed length and is authenticated with the body.
+        let sealed_len = frame.len() - FRAME_HEADER_BYTES + TAG_BYTES;
+        let header = u32::try_from(sealed_len)
+            .map_err(|_| PeerError::Protocol {
+                addr,
+                reason: format!("frame of {sealed_len} bytes is too large"),
+            })?
+            .to_be_bytes();
+        frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+        sending
+            .seal(&header, &mut frame, FRAME_HEADER_BYTES)
+            .map_err(|err| PeerError::Protocol {
+                addr,
+                reason: err.to_string(),
+            })?;
+    }
     stream
+        .stream
         .write_all(&frame)
         .await
         .map_err(|source| PeerError::Io { addr, source })?;
@@ -143,19 +207,26 @@ async fn write_frame<T: Serialize>(
 }
 
 async fn read_frame<T: DeserializeOwned>(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     addr: SocketAddr,
     limit: usize,
 ) -> Result<T, PeerError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream
+        .stream
         .read_exact(&mut header)
         .await
         .map_err(|source| PeerError::Io { addr, source })?;
-    let len = decode_frame_len(header).map_err(|err| PeerError::Protocol {
-        addr,
-        reason: err.to_string(),
-    })?;
+    let (len, limit) = if stream.ciphers.is_some() {
+        // A sealed body is the plain body and its tag.
+        (u32::from_be_bytes(header) as usize, limit + TAG_BYTES)
+    } else {
+        let len = decode_frame_len(header).map_err(|err| PeerError::Protocol {
+            addr,
+            reason: err.to_string(),
+        })?;
+        (len, limit)
+    };
     if len > limit {
         return Err(PeerError::Protocol {
             addr,
@@ -164,7 +235,7 @@ async fn read_frame<T: DeserializeOwned>(
     }
     // Grow with the bytes that really arrive, so a lying header cannot make us allocate.
     let mut body = Vec::with_capacity(len.min(64 * 1024));
-    let read = (&mut *stream)
+    let read = (&mut stream.stream)
         .take(len as u64)
         .read_to_end(&mut body)
         .await
@@ -182,10 +253,134 @@ async fn read_frame<T: DeserializeOwned>(
         .bytes_received
         .fetch_add((FRAME_HEADER_BYTES + len) as u64, Ordering::Relaxed);
     PEER_TRAFFIC.frames_received.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, receiving)) = &mut stream.ciphers {
+        receiving
+            .open(&header, &mut body)
+            .map_err(|err| PeerError::Protocol {
+                addr,
+                reason: err.to_string(),
+            })?;
+    }
     decode_frame_body(&body).map_err(|err| PeerError::Protocol {
         addr,
         reason: err.to_string(),
     })
+}
+
+/// Reads one handshake step of the expected kind; anything else means the peer does not hold the key.
+async fn read_auth_step(
+    stream: &mut PeerStream,
+    addr: SocketAddr,
+    peer_name: &str,
+    want_proof: bool,
+) -> Result<[u8; PEER_NONCE_BYTES], PeerError> {
+    let refused = |why: &str| PeerError::Unauthenticated {
+        addr,
+        reason: format!(
+            "{peer_name} did not authenticate ({why}); does it have the cluster key              (MICRO_TOMCAT_GOSSIP_KEY or <security gossip-key-file>)?"
+        ),
+    };
+    let auth: PeerAuth = match read_frame(stream, addr, MAX_HELLO_BYTES).await {
+        Ok(auth) => auth,
+        Err(PeerError::Protocol { .. }) => return Err(refused("it sent no handshake step")),
+        Err(err) => return Err(err),
+    };
+    if auth.magic != PEER_AUTH_MAGIC {
+        return Err(refused("it sent no handshake step"));
+    }
+    match (auth.step, want_proof) {
+        (PeerAuthStep::Nonce(nonce), false) => Ok(nonce),
+        (PeerAuthStep::Proof(proof), true) => Ok(proof),
+        _ => Err(refused("handshake steps out of order")),
+    }
+}
+
+fn fresh_nonce(addr: SocketAddr) -> Result<[u8; PEER_NONCE_BYTES], PeerError> {
+    random_bytes().map_err(|err| PeerError::Handshake {
+        addr,
+        reason: err.to_string(),
+    })
+}
+
+/// The connecting side of the keyed handshake, after the hellos; installs the frame ciphers.
+async fn authenticate_as_client(
+    stream: &mut PeerStream,
+    addr: SocketAddr,
+    key: &PeerKey,
+    ours: &Hello,
+    theirs: &Hello,
+    client_nonce: [u8; PEER_NONCE_BYTES],
+) -> Result<(), PeerError> {
+    let server_nonce = read_auth_step(stream, addr, &theirs.from_name, false).await?;
+    let transcript = PeerTranscript {
+        wire_version: PEER_WIRE_VERSION,
+        cluster_id: &ours.cluster_id,
+        client_name: &ours.from_name,
+        server_name: &theirs.from_name,
+        client_nonce,
+        server_nonce,
+    };
+    let proof = key.proof(PeerRole::Client, &transcript);
+    write_frame(stream, addr, &PeerAuth::proof(proof)).await?;
+    // A server that rejects our proof closes without proving itself.
+    let theirs_proof = match read_auth_step(stream, addr, &theirs.from_name, true).await {
+        Err(PeerError::Io { .. }) => {
+            return Err(PeerError::Unauthenticated {
+                addr,
+                reason: format!(
+                    "{} closed the connection after our proof: it has another cluster key",
+                    theirs.from_name
+                ),
+            });
+        }
+        other => other?,
+    };
+    if !key.verify(PeerRole::Server, &transcript, &theirs_proof) {
+        return Err(PeerError::Unauthenticated {
+            addr,
+            reason: format!(
+                "{} did not prove it holds the cluster key (it has another one)",
+                theirs.from_name
+            ),
+        });
+    }
+    stream.ciphers = Some(key.frame_ciphers(PeerRole::Client, &transcript));
+    Ok(())
+}
+
+/// The accepting side of the keyed handshake, after the hellos; installs the frame ciphers.
+async fn authenticate_as_server(
+    stream: &mut PeerStream,
+    addr: SocketAddr,
+    key: &PeerKey,
+    ours: &Hello,
+    theirs: &Hello,
+) -> Result<(), PeerError> {
+    let server_nonce = fresh_nonce(addr)?;
+    write_frame(stream, addr, &PeerAuth::nonce(server_nonce)).await?;
+    let client_nonce = read_auth_step(stream, addr, &theirs.from_name, false).await?;
+    let transcript = PeerTranscript {
+        wire_version: PEER_WIRE_VERSION,
+        cluster_id: &ours.cluster_id,
+        client_name: &theirs.from_name,
+        server_name: &ours.from_name,
+        client_nonce,
+        server_nonce,
+    };
+    let proof = read_auth_step(stream, addr, &theirs.from_name, true).await?;
+    if !key.verify(PeerRole::Client, &transcript, &proof) {
+        return Err(PeerError::Unauthenticated {
+            addr,
+            reason: format!(
+                "{} did not prove it holds the cluster key (it has another one)",
+                theirs.from_name
+            ),
+        });
+    }
+    let ours_proof = key.proof(PeerRole::Server, &transcript);
+    write_frame(stream, addr, &PeerAuth::proof(ours_proof)).await?;
+    stream.ciphers = Some(key.frame_ciphers(PeerRole::Server, &transcript));
+    Ok(())
 }
 
 fn check_hello(hello: &Hello, cluster_id: &str, addr: SocketAddr) -> Result<(), PeerError> {
@@ -223,12 +418,13 @@ pub struct PeerClient {
 
 struct ClientInner {
     hello: Hello,
-    idle: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+    key: Option<PeerKey>,
+    idle: Mutex<HashMap<SocketAddr, Vec<PeerStream>>>,
 }
 
 impl PeerClient {
-    /// A client that introduces itself as `name` of `cluster_id`.
-    pub fn new(cluster_id: &str, name: &str) -> PeerClient {
+    /// A client that introduces itself as `name` of `cluster_id`, and with a `key` authenticates.
+    pub fn new(cluster_id: &str, name: &str, key: Option<PeerKey>) -> PeerClient {
         PeerClient {
             inner: Arc::new(ClientInner {
                 hello: Hello {
@@ -236,23 +432,37 @@ impl PeerClient {
                     cluster_id: cluster_id.to_string(),
                     from_name: name.to_string(),
                 },
+                key,
                 idle: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, PeerError> {
-        let mut stream = TcpStream::connect(addr)
+    async fn connect(&self, addr: SocketAddr) -> Result<PeerStream, PeerError> {
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| PeerError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        write_frame(&mut stream, addr, &self.inner.hello).await?;
+        let mut stream = PeerStream::new(stream);
+        let ours = &self.inner.hello;
+        write_frame(&mut stream, addr, ours).await?;
+        let client_nonce = match &self.inner.key {
+            Some(_) => {
+                let nonce = fresh_nonce(addr)?;
+                write_frame(&mut stream, addr, &PeerAuth::nonce(nonce)).await?;
+                Some(nonce)
+            }
+            None => None,
+        };
         let theirs: Hello = read_frame(&mut stream, addr, MAX_HELLO_BYTES).await?;
-        check_hello(&theirs, &self.inner.hello.cluster_id, addr)?;
+        check_hello(&theirs, &ours.cluster_id, addr)?;
+        if let (Some(key), Some(nonce)) = (&self.inner.key, client_nonce) {
+            authenticate_as_client(&mut stream, addr, key, ours, &theirs, nonce).await?;
+        }
         Ok(stream)
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<TcpStream> {
+    fn take_idle(&self, addr: SocketAddr) -> Option<PeerStream> {
         let mut idle = self
             .inner
             .idle
@@ -261,7 +471,7 @@ impl PeerClient {
         idle.get_mut(&addr).and_then(Vec::pop)
     }
 
-    fn put_idle(&self, addr: SocketAddr, stream: TcpStream) {
+    fn put_idle(&self, addr: SocketAddr, stream: PeerStream) {
         let mut idle = self
             .inner
             .idle
@@ -320,7 +530,7 @@ impl PeerClient {
 
     async fn exchange(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut PeerStream,
         addr: SocketAddr,
         request: &PeerRequest,
     ) -> Result<PeerResponse, (PeerError, bool)> {
@@ -339,11 +549,12 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn handle(&self, request: PeerRequest) -> impl Future<Output = PeerResponse> + Send;
 }
 
-/// Accepts peer connections until `shutdown`.
+/// Accepts peer connections until `shutdown`; with a `key`, only from peers that prove they hold it.
 pub async fn serve<H: PeerHandler>(
     listener: TcpListener,
     handler: Arc<H>,
     hello: Hello,
+    key: Option<PeerKey>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -362,14 +573,20 @@ pub async fn serve<H: PeerHandler>(
         };
         let handler = handler.clone();
         let hello = hello.clone();
+        let key = key.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = serve_connection(stream, addr, handler, hello) => {
+                result = serve_connection(stream, addr, handler, hello, key) => {
                     if let Err(err) = result {
                         match err {
                             PeerError::Io { .. } => debug!(peer = %addr, error = %err, "peer connection closed"),
+                            PeerError::Unauthenticated { .. } => {
+                                if let Some(held_back) = REFUSED_LOG.allow() {
+                                    warn!(peer = %addr, error = %err, held_back, "refused peer connection");
+                                }
+                            }
                             _ => warn!(peer = %addr, error = %err, "dropped peer connection"),
                         }
                     }
@@ -380,23 +597,23 @@ pub async fn serve<H: PeerHandler>(
 }
 
 async fn serve_connection<H: PeerHandler>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     handler: Arc<H>,
     hello: Hello,
+    key: Option<PeerKey>,
 ) -> Result<(), PeerError> {
     let _ = stream.set_nodelay(true);
-    let theirs: Hello = tokio::time::timeout(
+    let mut stream = PeerStream::new(stream);
+    tokio::time::timeout(
         HELLO_TIMEOUT,
-        read_frame(&mut stream, addr, MAX_HELLO_BYTES),
+        accept_handshake(&mut stream, addr, &hello, key.as_ref()),
     )
     .await
     .map_err(|_| PeerError::Timeout {
         addr,
         timeout: HELLO_TIMEOUT,
     })??;
-    check_hello(&theirs, &hello.cluster_id, addr)?;
-    write_frame(&mut stream, addr, &hello).await?;
     loop {
         let request: PeerRequest =
             match read_frame(&mut stream, addr, proto::raft::MAX_FRAME_BYTES).await {
@@ -411,6 +628,22 @@ async fn serve_connection<H: PeerHandler>(
         let response = handler.handle(request).await;
         write_frame(&mut stream, addr, &response).await?;
     }
+}
+
+/// The accepting side's handshake: hellos, then with a key the proof exchange.
+pub async fn accept_handshake(
+    stream: &mut PeerStream,
+    addr: SocketAddr,
+    hello: &Hello,
+    key: Option<&PeerKey>,
+) -> Result<(), PeerError> {
+    let theirs: Hello = read_frame(stream, addr, MAX_HELLO_BYTES).await?;
+    check_hello(&theirs, &hello.cluster_id, addr)?;
+    write_frame(stream, addr, hello).await?;
+    if let Some(key) = key {
+        authenticate_as_server(stream, addr, key, hello, &theirs).await?;
+    }
+    Ok(())
 }
 
 /// openraft's view of the network: one [`PeerConnection`] per target.
@@ -459,7 +692,10 @@ impl PeerConnection {
                 std::io::Error::other(format!("node {} has no valid cluster address", self.target));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
         };
-        match self.client.call(addr, &request, option.hard_ttl()).await {
+        // openraft's deadline is one heartbeat interval, too short for a batch of large entries on a
+        // busy machine: a timeout makes it back off for 500 ms, worse than a late answer.
+        let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
+        match self.client.call(addr, &request, timeout).await {
             Ok(PeerResponse::Error(text)) => Err(RPCError::Network(NetworkError::new(
                 &std::io::Error::other(text),
             ))),
@@ -509,5 +745,170 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             PeerResponse::Vote(response) => Ok(response),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::ClusterKey;
+
+    struct Answer;
+
+    impl PeerHandler for Answer {
+        async fn handle(&self, request: PeerRequest) -> PeerResponse {
+            match request {
+                PeerRequest::ReadIndex => PeerResponse::ReadIndex { index: Some(7) },
+                _ => PeerResponse::Error("unexpected".to_string()),
+            }
+        }
+    }
+
+    fn key(byte: u8) -> Option<PeerKey> {
+        Some(PeerKey::new(&ClusterKey::from_bytes([byte; 32])))
+    }
+
+    /// A peer server on a free port with `key`; returns its address.
+    async fn server(
+        key: Option<PeerKey>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hello = Hello {
+            wire_version: PEER_WIRE_VERSION,
+            cluster_id: "demo".to_string(),
+            from_name: "server".to_string(),
+        };
+        tasks.spawn(serve(
+            listener,
+            Arc::new(Answer),
+            hello,
+            key,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        addr
+    }
+
+    async fn read_index(client: &PeerClient, addr: SocketAddr) -> Result<PeerResponse, PeerError> {
+        client
+            .call(addr, &PeerRequest::ReadIndex, Duration::from_secs(5))
+            .await
+    }
+
+    #[tokio::test]
+    async fn only_peers_with_the_same_key_get_in() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let keyed = server(key(1), &tasks, &shutdown).await;
+        let open = server(None, &tasks, &shutdown).await;
+
+        let right = PeerClient::new("demo", "right", key(1));
+        for _ in 0..3 {
+            // Pooled after the first call: the ciphers keep counting on the same connection.
+            let answer = read_index(&right, keyed).await.expect("same key");
+            assert!(matches!(answer, PeerResponse::ReadIndex { index: Some(7) }));
+        }
+
+        let wrong = PeerClient::new("demo", "wrong", key(2));
+        let err = read_index(&wrong, keyed).await.expect_err("another key");
+        assert!(
+            matches!(err, PeerError::Unauthenticated { .. }),
+            "{err}: the client sees the server fail to prove the key"
+        );
+        assert!(err.to_string().contains(&keyed.to_string()), "{err}");
+
+        let keyless = PeerClient::new("demo", "keyless", None);
+        assert!(read_index(&keyless, keyed).await.is_err());
+
+        // A keyed client does not talk to a server without the key either.
+        assert!(read_index(&right, open).await.is_err());
+        // Without keys on either side, nothing changed.
+        assert!(read_index(&keyless, open).await.is_ok());
+
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    #[tokio::test]
+    async fn server_refuses_a_client_without_the_key() {
+        let key = key(1).expect("key");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hello = Hello {
+            wire_version: PEER_WIRE_VERSION,
+            cluster_id: "demo".to_string(),
+            from_name: "server".to_string(),
+        };
+        let accept = tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            let mut stream = PeerStream::new(stream);
+            accept_handshake(&mut stream, peer, &hello, Some(&key)).await
+        });
+        let client = PeerClient::new("demo", "keyless", None);
+        assert!(read_index(&client, addr).await.is_err());
+        let err = accept.await.expect("join").expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, PeerError::Unauthenticated { .. }), "{text}");
+        assert!(
+            text.contains("keyless") && text.contains("cluster key"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn server_refuses_a_client_with_another_key() {
+        let key = key(1).expect("key");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hello = Hello {
+            wire_version: PEER_WIRE_VERSION,
+            cluster_id: "demo".to_string(),
+            from_name: "server".to_string(),
+        };
+        let accept = tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            let mut stream = PeerStream::new(stream);
+            accept_handshake(&mut stream, peer, &hello, Some(&key)).await
+        });
+        let client = PeerClient::new("demo", "wrong", self::key(9));
+        assert!(read_index(&client, addr).await.is_err());
+        let err = accept.await.expect("join").expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, PeerError::Unauthenticated { .. }), "{text}");
+        assert!(text.contains("another one"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_tampered_frame_ends_the_connection() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let addr = server(key(1), &tasks, &shutdown).await;
+        let client = PeerClient::new("demo", "client", key(1));
+        let mut stream = client.connect(addr).await.expect("handshake");
+
+        let mut frame = encode_frame(&PeerRequest::ReadIndex).expect("frame");
+        let sealed_len = (frame.len() - FRAME_HEADER_BYTES + TAG_BYTES) as u32;
+        let header = sealed_len.to_be_bytes();
+        frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+        let (sending, _) = stream.ciphers.as_mut().expect("ciphers");
+        sending
+            .seal(&header, &mut frame, FRAME_HEADER_BYTES)
+            .expect("seal");
+        let last = frame.len() - 1;
+        frame[last] ^= 1;
+        stream.stream.write_all(&frame).await.expect("write");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.stream.read(&mut buf))
+            .await
+            .expect("server reacts");
+        assert!(matches!(read, Ok(0) | Err(_)), "connection closed");
+
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 }

@@ -182,7 +182,16 @@ impl Replica {
         }
         .validate()
         .map_err(|err| ReplicaError::Raft(err.to_string()))?;
-        let client = PeerClient::new(&config.cluster.cluster_id, &config.me.name);
+        let peer_key = config
+            .secrets
+            .gossip_key
+            .as_ref()
+            .map(crate::security::PeerKey::new);
+        let client = PeerClient::new(
+            &config.cluster.cluster_id,
+            &config.me.name,
+            peer_key.clone(),
+        );
         let raft = Raft::new(
             id,
             Arc::new(openraft_config),
@@ -213,6 +222,7 @@ impl Replica {
             peer_listener,
             replica.clone(),
             hello,
+            peer_key,
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -304,8 +314,8 @@ impl Replica {
         touches.insert(id, now_ms());
     }
 
-    /// Commits a command through the leader (forwarding if needed) and waits until this node applied it,
-    /// so a read here right after sees it.
+    /// Commits a command through the leader (forwarding if needed). A read after it, on any node, sees
+    /// it: reads wait for the leader's commit index first (see [`Replica::linearizable_barrier`]).
     pub async fn write(
         &self,
         command: SessionCommand,
@@ -337,8 +347,9 @@ impl Replica {
                     )
                     .await
                 {
+                    // No wait for the local apply: every read goes through the read barrier, which
+                    // waits for this index anyway, and waiting here would cost a commit round trip.
                     Ok(PeerResponse::ClientWrite { log_id, response }) => {
-                        self.wait_applied(log_id.index).await;
                         self.count_write(&response);
                         return Ok((log_id, response));
                     }
