@@ -12,23 +12,30 @@ Every request the node serves reaches this app with three headers:
 The app keeps its state in the cluster's replicated sessions through that API, so any node can serve
 any visitor, and a node (or this app) can die without losing a visit.
 
+When the nodes run with an admin token, session writes through the API need it: start the app with
+the same MICRO_TOMCAT_ADMIN_TOKEN in its environment and it sends `Authorization: Bearer <token>`.
+
 GET /visits  -> {"visits": n, "node": "...", "app": "python"}   (a per-visitor counter)
 GET /health  -> ok
 """
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COOKIE = "MTSESSIONID"
+ADMIN_TOKEN = os.environ.get("MICRO_TOMCAT_ADMIN_TOKEN", "").strip()
 
 
 def call(method, url, body=None, headers=None):
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     request.add_header("Content-Type", "application/json")
+    if ADMIN_TOKEN:
+        request.add_header("Authorization", "Bearer " + ADMIN_TOKEN)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -113,6 +113,13 @@ impl Membership {
         let traffic = Arc::new(GossipTraffic::default());
         let transport = CountingTransport {
             traffic: traffic.clone(),
+            seal: config
+                .secrets
+                .gossip_key
+                .as_ref()
+                .map(crate::security::GossipSeal::new),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
         };
         let handle = chitchat::spawn_chitchat(chitchat_config, initial_keys, &transport)
             .await

@@ -1,13 +1,43 @@
-//! The gossip transport: chitchat's UDP socket, with traffic counted for status, metrics and benchmarks.
+//! The gossip transport: chitchat's messages over UDP, sealed under the cluster key when there is one,
+//! with traffic counted for status, metrics and benchmarks.
+//!
+//! Without a key this is chitchat's own UDP socket, byte for byte as before. With a key each datagram
+//! is `nonce | ChaCha20-Poly1305(chitchat encoding) | tag` ([`GossipSeal`]): a datagram under another
+//! key (or none), tampered with, or oversized is dropped and counted, so a node without the key can
+//! neither join nor read.
+//!
+//! chitchat 0.13 keeps its message encoding private (`ChitchatEnvelope::serialize` is `pub(crate)`);
+//! the one codec it exposes is its own `UdpSocket`. So a sealed socket keeps two of those on private
+//! loopback ports ([`LoopbackCodec`]): to encode, chitchat's socket sends the message to our relay
+//! socket, which reads the bytes; to decode, the relay sends the opened bytes to chitchat's socket,
+//! which parses them. Decoding runs in its own task, so chitchat cancelling `recv` (it does, every
+//! gossip round) never leaves the codec half-way.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use anyhow::{Context, bail};
 use async_trait::async_trait;
-use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::security::{GossipSeal, LogThrottle, SEAL_OVERHEAD};
+
+/// Largest UDP payload (IPv4), as chitchat bounds its own datagrams; larger input is dropped.
+pub const MAX_DATAGRAM_BYTES: usize = 65_507;
+/// Accepted datagrams waiting for chitchat; more are dropped, as a full socket buffer would.
+const RECEIVE_QUEUE: usize = 256;
+/// How long a loopback codec round trip may take before the codec is rebuilt.
+const CODEC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Gossip traffic of this node since start.
 #[derive(Debug, Default)]
@@ -16,6 +46,7 @@ pub struct GossipTraffic {
     bytes_received: AtomicU64,
     datagrams_sent: AtomicU64,
     datagrams_received: AtomicU64,
+    datagrams_rejected: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -23,12 +54,16 @@ pub struct GossipTraffic {
 pub struct TrafficSnapshot {
     /// UDP payload bytes sent.
     pub bytes_sent: u64,
-    /// UDP payload bytes received (valid chitchat messages only; garbage is dropped before).
+    /// UDP payload bytes received (accepted datagrams only).
     pub bytes_received: u64,
     /// Datagrams sent.
     pub datagrams_sent: u64,
-    /// Valid datagrams received.
+    /// Datagrams accepted.
     pub datagrams_received: u64,
+    /// With a cluster key: datagrams dropped because they were under another key (or none),
+    /// tampered with, oversized or not chitchat. (Without a key chitchat drops garbage itself,
+    /// uncounted, with a log line.)
+    pub datagrams_rejected: u64,
 }
 
 impl GossipTraffic {
@@ -39,27 +74,61 @@ impl GossipTraffic {
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             datagrams_sent: self.datagrams_sent.load(Ordering::Relaxed),
             datagrams_received: self.datagrams_received.load(Ordering::Relaxed),
+            datagrams_rejected: self.datagrams_rejected.load(Ordering::Relaxed),
         }
+    }
+
+    fn sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.datagrams_received.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// UDP transport that counts what passes.
+/// UDP transport that seals (with a key) and counts what passes.
 pub struct CountingTransport {
     /// Where the counts go.
     pub traffic: Arc<GossipTraffic>,
+    /// Seals every datagram; `None` is chitchat's plain UDP transport.
+    pub seal: Option<GossipSeal>,
+    /// Owns the receiving task of a sealed socket.
+    pub tasks: TaskTracker,
+    /// Stops that task.
+    pub shutdown: CancellationToken,
 }
 
 #[async_trait]
 impl Transport for CountingTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let inner = UdpTransport.open(listen_addr).await?;
-        Ok(Box::new(CountingSocket {
-            inner,
-            traffic: self.traffic.clone(),
-        }))
+        match &self.seal {
+            None => {
+                let inner = UdpTransport.open(listen_addr).await?;
+                Ok(Box::new(CountingSocket {
+                    inner,
+                    traffic: self.traffic.clone(),
+                }))
+            }
+            Some(seal) => {
+                let socket = SealedSocket::open(
+                    listen_addr,
+                    seal.clone(),
+                    self.traffic.clone(),
+                    &self.tasks,
+                    self.shutdown.clone(),
+                )
+                .await?;
+                Ok(Box::new(socket))
+            }
+        }
     }
 }
 
+/// chitchat's plain UDP socket, counted.
 struct CountingSocket {
     inner: Box<dyn Socket>,
     traffic: Arc<GossipTraffic>,
@@ -77,21 +146,433 @@ impl Socket for CountingSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let outcome = self.inner.send(to, envelope).await?;
-        self.traffic
-            .bytes_sent
-            .fetch_add(outcome.num_bytes_sent as u64, Ordering::Relaxed);
-        self.traffic.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+        self.traffic.sent(outcome.num_bytes_sent);
         Ok(outcome)
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         let outcome = self.inner.recv().await?;
-        self.traffic
-            .bytes_received
-            .fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
-        self.traffic
-            .datagrams_received
-            .fetch_add(1, Ordering::Relaxed);
+        self.traffic.received(outcome.num_bytes_received);
         Ok(outcome)
+    }
+}
+
+/// Refused datagrams are logged at most this often (with the number held back).
+static REJECTED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+/// Messages too large to send sealed are logged at most this often.
+static OVERSIZED_SEND_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+
+fn reject(traffic: &GossipTraffic, from: SocketAddr, len: usize, why: &str) {
+    traffic.datagrams_rejected.fetch_add(1, Ordering::Relaxed);
+    if let Some(held_back) = REJECTED_LOG.allow() {
+        warn!(peer = %from, bytes = len, held_back, "dropped gossip datagram: {why}");
+    }
+}
+
+/// A gossip socket whose datagrams are sealed under the cluster key.
+struct SealedSocket {
+    socket: Arc<UdpSocket>,
+    seal: GossipSeal,
+    encoder: LoopbackCodec,
+    traffic: Arc<GossipTraffic>,
+    encoded: Vec<u8>,
+    sealed: Vec<u8>,
+    received: mpsc::Receiver<RecvOutcome>,
+}
+
+impl SealedSocket {
+    async fn open(
+        listen_addr: SocketAddr,
+        seal: GossipSeal,
+        traffic: Arc<GossipTraffic>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<SealedSocket> {
+        let socket = Arc::new(
+            UdpSocket::bind(listen_addr)
+                .await
+                .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?,
+        );
+        let encoder = LoopbackCodec::open().await?;
+        let decoder = LoopbackCodec::open().await?;
+        let (tx, received) = mpsc::channel(RECEIVE_QUEUE);
+        tasks.spawn(receive_loop(
+            socket.clone(),
+            seal.clone(),
+            decoder,
+            traffic.clone(),
+            tx,
+            shutdown,
+        ));
+        Ok(SealedSocket {
+            socket,
+            seal,
+            encoder,
+            traffic,
+            encoded: Vec::new(),
+            sealed: Vec::new(),
+            received,
+        })
+    }
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.socket
+            .local_addr()
+            .context("failed to get the gossip socket's address")
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        if let Err(err) = self.encoder.encode(envelope, &mut self.encoded).await {
+            // Out of step or timed out: start over with fresh loopback sockets.
+            self.encoder = LoopbackCodec::open().await?;
+            return Err(err.context("cannot encode a gossip message"));
+        }
+        if self.encoded.len() + SEAL_OVERHEAD > MAX_DATAGRAM_BYTES {
+            // chitchat fills a datagram up to the UDP limit only when it has that much state to
+            // send (hundreds of members); sealed it would not fit, so it is not sent.
+            if let Some(held_back) = OVERSIZED_SEND_LOG.allow() {
+                warn!(
+                    peer = %to,
+                    bytes = self.encoded.len(),
+                    held_back,
+                    "gossip message too large to send sealed; dropped"
+                );
+            }
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        self.seal.seal(&self.encoded, &mut self.sealed)?;
+        let sent = self
+            .socket
+            .send_to(&self.sealed, to)
+            .await
+            .context("failed to send a gossip datagram")?;
+        self.traffic.sent(sent);
+        Ok(SendOutcome {
+            num_bytes_sent: sent,
+        })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        // Cancel-safe: a message stays in the channel until taken.
+        match self.received.recv().await {
+            Some(outcome) => Ok(outcome),
+            None => bail!("the gossip receiver stopped"),
+        }
+    }
+}
+
+/// Receives, opens and decodes datagrams for a [`SealedSocket`] until shutdown or until the socket
+/// is dropped.
+async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    seal: GossipSeal,
+    mut decoder: LoopbackCodec,
+    traffic: Arc<GossipTraffic>,
+    tx: mpsc::Sender<RecvOutcome>,
+    shutdown: CancellationToken,
+) {
+    // One byte more than the largest datagram accepted, so an oversized one is seen, not cut.
+    let mut buf = vec![0u8; MAX_DATAGRAM_BYTES + 1];
+    let mut opened = Vec::new();
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tx.closed() => break,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let (len, from_addr) = match received {
+            Ok(received) => received,
+            Err(err) if is_transient_io_error(&err) => {
+                debug!(error = %err, "transient UDP receive error on the gossip socket");
+                continue;
+            }
+            Err(err) => {
+                warn!(error = %err, "fatal UDP receive error on the gossip socket; gossip stops");
+                break;
+            }
+        };
+        if len > MAX_DATAGRAM_BYTES {
+            reject(&traffic, from_addr, len, "oversized");
+            continue;
+        }
+        if let Err(err) = seal.open(&buf[..len], &mut opened) {
+            reject(&traffic, from_addr, len, &err.to_string());
+            continue;
+        }
+        match decoder.decode(&opened).await {
+            Ok(Some(envelope)) => {
+                traffic.received(len);
+                let outcome = RecvOutcome {
+                    from_addr,
+                    envelope,
+                    num_bytes_received: len,
+                };
+                if tx.try_send(outcome).is_err() {
+                    debug!(peer = %from_addr, "gossip receive queue full; datagram dropped");
+                }
+            }
+            Ok(None) => reject(
+                &traffic,
+                from_addr,
+                len,
+                "sealed, but not a chitchat message",
+            ),
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "gossip decoder out of step; restarting it");
+                match LoopbackCodec::open().await {
+                    Ok(fresh) => decoder = fresh,
+                    Err(err) => {
+                        warn!(error = %format!("{err:#}"), "cannot restart the gossip decoder; gossip stops");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_transient_io_error(err: &io::Error) -> bool {
+    // As chitchat's own socket: a peer that went away can fail a receive on some systems.
+    matches!(
+        err.kind(),
+        io::ErrorKind::OutOfMemory
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// chitchat's magic number, little-endian, at the start of every message.
+const CHITCHAT_MAGIC: [u8; 2] = 45_139u16.to_le_bytes();
+/// chitchat's message type code of `BadCluster`.
+const BAD_CLUSTER_CODE: u8 = 3;
+/// A `BadCluster` message (protocol version 0): the end marker the decoder sends after each payload.
+const END_MARKER: [u8; 4] = [CHITCHAT_MAGIC[0], CHITCHAT_MAGIC[1], 0, BAD_CLUSTER_CODE];
+
+/// chitchat's encoding through chitchat's own `UdpSocket` on a private loopback port.
+///
+/// The relay socket is connected to chitchat's, so it hears nothing else; what chitchat's socket
+/// hears from anyone but the relay is ignored. Every exchange is in lock step: encode is one message
+/// there and its bytes back; decode is the payload and an end marker there, and what chitchat made
+/// of them back. A payload chitchat cannot parse is dropped inside its socket, so the end marker
+/// arrives first: that is how a bad payload shows.
+struct LoopbackCodec {
+    chitchat: chitchat::transport::UdpSocket,
+    relay: UdpSocket,
+    relay_addr: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl LoopbackCodec {
+    async fn open() -> anyhow::Result<LoopbackCodec> {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let chitchat = chitchat::transport::UdpSocket::open(loopback).await?;
+        let chitchat_addr = chitchat.local_addr()?;
+        let relay = UdpSocket::bind(loopback)
+            .await
+            .context("cannot bind the gossip codec's loopback socket")?;
+        relay
+            .connect(chitchat_addr)
+            .await
+            .context("cannot connect the gossip codec's loopback socket")?;
+        let relay_addr = relay.local_addr()?;
+        Ok(LoopbackCodec {
+            chitchat,
+            relay,
+            relay_addr,
+            buf: vec![0u8; MAX_DATAGRAM_BYTES + 1],
+        })
+    }
+
+    /// Replaces `out` with chitchat's encoding of `envelope`.
+    async fn encode(
+        &mut self,
+        envelope: ChitchatEnvelope,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        // Anything left over from an exchange that was cut short would be taken for this answer.
+        while self.relay.try_recv(&mut self.buf).is_ok() {}
+        self.chitchat.send(self.relay_addr, envelope).await?;
+        let len = tokio::time::timeout(CODEC_TIMEOUT, self.relay.recv(&mut self.buf))
+            .await
+            .context("gossip encoder timed out")??;
+        out.clear();
+        out.extend_from_slice(&self.buf[..len]);
+        Ok(())
+    }
+
+    /// chitchat's reading of `payload`: `None` when it is not a valid message.
+    async fn decode(&mut self, payload: &[u8]) -> anyhow::Result<Option<ChitchatEnvelope>> {
+        // `BadCluster` is the end marker, so one is never sent through; it has no body to parse.
+        if payload.get(..2) == Some(&CHITCHAT_MAGIC[..])
+            && payload.get(3) == Some(&BAD_CLUSTER_CODE)
+        {
+            let version = ProtocolVersion::from_code(payload[2]);
+            return Ok(version
+                .filter(|_| payload.len() == 4)
+                .map(|version| ChitchatEnvelope {
+                    version,
+                    message: ChitchatMessage::BadCluster,
+                }));
+        }
+        self.relay.send(payload).await?;
+        self.relay.send(&END_MARKER).await?;
+        let first = self.next_from_relay().await?;
+        if first.message == ChitchatMessage::BadCluster {
+            return Ok(None);
+        }
+        let marker = self.next_from_relay().await?;
+        if marker.message != ChitchatMessage::BadCluster {
+            bail!("expected the end marker, got another message");
+        }
+        Ok(Some(first))
+    }
+
+    async fn next_from_relay(&mut self) -> anyhow::Result<ChitchatEnvelope> {
+        let relay_addr = self.relay_addr;
+        let chitchat = &mut self.chitchat;
+        tokio::time::timeout(CODEC_TIMEOUT, async move {
+            loop {
+                let outcome = chitchat.recv().await?;
+                if outcome.from_addr == relay_addr {
+                    return Ok::<_, anyhow::Error>(outcome.envelope);
+                }
+            }
+        })
+        .await
+        .context("gossip decoder timed out")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::ClusterKey;
+
+    fn syn(cluster_id: &str) -> ChitchatEnvelope {
+        ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::Syn {
+                cluster_id: cluster_id.to_string(),
+                digest: Default::default(),
+            },
+        }
+    }
+
+    async fn open(
+        seal: Option<GossipSeal>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> (Box<dyn Socket>, Arc<GossipTraffic>) {
+        let traffic = Arc::new(GossipTraffic::default());
+        let transport = CountingTransport {
+            traffic: traffic.clone(),
+            seal,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let socket = transport
+            .open(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind");
+        (socket, traffic)
+    }
+
+    async fn recv_within(socket: &mut Box<dyn Socket>, ms: u64) -> Option<RecvOutcome> {
+        tokio::time::timeout(Duration::from_millis(ms), socket.recv())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    fn seal(byte: u8) -> GossipSeal {
+        GossipSeal::new(&ClusterKey::from_bytes([byte; 32]))
+    }
+
+    #[tokio::test]
+    async fn codec_round_trips_and_spots_garbage() {
+        let mut codec = LoopbackCodec::open().await.expect("codec");
+        let mut bytes = Vec::new();
+        for envelope in [
+            syn("demo"),
+            ChitchatEnvelope {
+                version: ProtocolVersion::V0,
+                message: ChitchatMessage::BadCluster,
+            },
+        ] {
+            let expected = format!("{envelope:?}");
+            codec.encode(envelope, &mut bytes).await.expect("encode");
+            let decoded = codec.decode(&bytes).await.expect("decode");
+            assert_eq!(format!("{decoded:?}"), format!("Some({expected})"));
+        }
+        for garbage in [&b""[..], b"junk", &END_MARKER[..3], &[0xd3, 0xb0, 0, 3, 9]] {
+            assert_eq!(codec.decode(garbage).await.expect("in step"), None);
+        }
+        // Still in step after the garbage.
+        codec.encode(syn("x"), &mut bytes).await.expect("encode");
+        let decoded = codec.decode(&bytes).await.expect("decode");
+        assert_eq!(decoded, Some(syn("x")));
+    }
+
+    #[tokio::test]
+    async fn same_key_talks_other_key_and_plain_are_rejected() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let (mut a, a_traffic) = open(Some(seal(1)), &tasks, &shutdown).await;
+        let (mut b, b_traffic) = open(Some(seal(1)), &tasks, &shutdown).await;
+        let (mut stranger, _) = open(Some(seal(2)), &tasks, &shutdown).await;
+        let (mut plain, _) = open(None, &tasks, &shutdown).await;
+        let b_addr = b.local_addr().expect("addr");
+
+        a.send(b_addr, syn("demo")).await.expect("send");
+        let got = recv_within(&mut b, 2_000).await.expect("b hears a");
+        assert_eq!(got.envelope, syn("demo"));
+        assert_eq!(got.from_addr, a.local_addr().expect("addr"));
+
+        stranger.send(b_addr, syn("demo")).await.expect("send");
+        plain.send(b_addr, syn("demo")).await.expect("send");
+        assert!(recv_within(&mut b, 300).await.is_none());
+        let counts = b_traffic.snapshot();
+        assert_eq!(counts.datagrams_received, 1);
+        assert_eq!(counts.datagrams_rejected, 2);
+
+        // A node without the key cannot read sealed gossip either.
+        let plain_addr = plain.local_addr().expect("addr");
+        a.send(plain_addr, syn("demo")).await.expect("send");
+        assert!(recv_within(&mut plain, 300).await.is_none());
+        assert_eq!(a_traffic.snapshot().datagrams_sent, 2);
+
+        // And b still hears a after all that.
+        a.send(b_addr, syn("again")).await.expect("send");
+        let got = recv_within(&mut b, 2_000).await.expect("b hears a again");
+        assert_eq!(got.envelope, syn("again"));
+
+        shutdown.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("receivers stop on shutdown");
+    }
+
+    #[tokio::test]
+    async fn oversized_and_short_datagrams_are_rejected() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let (mut b, b_traffic) = open(Some(seal(1)), &tasks, &shutdown).await;
+        let b_addr = b.local_addr().expect("addr");
+        let raw = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        raw.send_to(&vec![7u8; MAX_DATAGRAM_BYTES], b_addr)
+            .await
+            .expect("send");
+        raw.send_to(&[1, 2, 3], b_addr).await.expect("send");
+        assert!(recv_within(&mut b, 300).await.is_none());
+        assert_eq!(b_traffic.snapshot().datagrams_rejected, 2);
+        shutdown.cancel();
     }
 }

@@ -281,3 +281,47 @@ async fn remove(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn with_if_match(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_MATCH,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(if_match(&HeaderMap::new()).ok(), Some(None));
+        assert_eq!(if_match(&with_if_match("3")).ok(), Some(Some(3)));
+        assert_eq!(if_match(&with_if_match("\"3\"")).ok(), Some(Some(3)));
+        assert_eq!(if_match(&with_if_match("W/\"3\"")).ok(), Some(Some(3)));
+        assert_eq!(if_match(&with_if_match("*")).ok(), Some(None));
+        for bad in ["", "x", "-1", "3,4", "18446744073709551616"] {
+            let err = if_match(&with_if_match(bad)).expect_err(bad);
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    proptest! {
+        /// Fuzz: any If-Match bytes give a version, no condition, or a 400; never a panic.
+        #[test]
+        fn fuzz_if_match(value in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                headers.insert(header::IF_MATCH, value);
+            }
+            if let Err(err) = if_match(&headers) {
+                prop_assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+}

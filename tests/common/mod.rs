@@ -69,6 +69,8 @@ pub struct NodeProc {
     pub args: Vec<String>,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra environment variables (e.g. `MICRO_TOMCAT_GOSSIP_KEY`), set on every start.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeProc {
@@ -139,6 +141,7 @@ impl Cluster {
                     args: vec![],
                     child: None,
                     log,
+                    env: Vec::new(),
                 },
             );
         }
@@ -195,6 +198,7 @@ impl Cluster {
                 args,
                 child: None,
                 log,
+                env: Vec::new(),
             },
         );
     }
@@ -215,6 +219,10 @@ impl Cluster {
                 "RUST_LOG",
                 "info,chitchat=warn,openraft=warn,openraft::core::raft_core=off",
             )
+            // The caller's own secrets never leak into a test node; a test gives them with `env`.
+            .env_remove("MICRO_TOMCAT_GOSSIP_KEY")
+            .env_remove("MICRO_TOMCAT_ADMIN_TOKEN")
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .stdin(Stdio::null())
