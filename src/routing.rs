@@ -70,6 +70,10 @@ pub struct Routing {
     retried: AtomicU64,
     /// Whether serving here can fail for reasons routing can avoid (upstream mode).
     local_may_fail: bool,
+    /// Bumped after every snapshot rebuild, so requests in flight can notice their member left it.
+    rebuilt: tokio::sync::watch::Sender<u64>,
+    /// Members that are down.
+    departed: ArcSwap<HashSet<String>>,
 }
 
 impl Routing {
@@ -93,6 +97,8 @@ impl Routing {
             served_locally: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             local_may_fail: config.cluster.app.upstream.is_some(),
+            rebuilt: tokio::sync::watch::Sender::new(0),
+            departed: ArcSwap::from_pointee(HashSet::new()),
         }
     }
 
@@ -110,11 +116,17 @@ impl Routing {
             let view = membership.view();
             let ejected = self.proxy.ejected();
             if last_version != Some(view.version) || last_ejected.as_ref() != Some(&ejected) {
+                let mut departed = HashSet::new();
                 for member in &view.members {
                     if matches!(member.state, MemberState::Down | MemberState::Left) {
                         self.proxy.drop_pool(&member.name);
                     }
+                    // A member that left finishes its in-flight requests; one that is down never will.
+                    if member.state == MemberState::Down {
+                        departed.insert(member.name.clone());
+                    }
                 }
+                self.departed.store(Arc::new(departed));
                 let next = BalancerSnapshot::build(&view, &ejected);
                 let names: Vec<&str> = next.targets().iter().map(|t| t.name.as_str()).collect();
                 if names != self.members() {
@@ -124,6 +136,7 @@ impl Routing {
                     warn!(ejected = ?ejected, "members ejected locally after repeated proxy failures");
                 }
                 self.snapshot.store(Arc::new(next));
+                self.rebuilt.send_modify(|generation| *generation += 1);
                 last_version = Some(view.version);
                 last_ejected = Some(ejected);
             }
@@ -160,6 +173,21 @@ impl Routing {
                 current.balancer.clone()
             },
         }));
+    }
+
+    /// Completes when `name` is down: a request in flight to it is then abandoned and, when
+    /// safe, retried elsewhere, instead of waiting out the response timeout. (A draining member
+    /// finishes what it has.)
+    async fn gone(&self, name: &str) {
+        let mut rebuilt = self.rebuilt.subscribe();
+        loop {
+            if self.departed.load().contains(name) {
+                return;
+            }
+            if rebuilt.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The strategy in use.
@@ -329,7 +357,12 @@ pub async fn route(
         counters.proxied.fetch_add(1, Ordering::Relaxed);
         let result = {
             let _guard = routing.in_flight.guard(&target.name);
-            routing.proxy.forward(target, request, peer.ip()).await
+            tokio::select! {
+                result = routing.proxy.forward(target, request, peer.ip()) => result,
+                () = routing.gone(&target.name) => Err(crate::proxy::ProxyError::Timeout {
+                    target: target.name.clone(),
+                }),
+            }
         };
         match result {
             // The member is up but its application is not: like a failed member, when safe to retry.

@@ -384,6 +384,11 @@ fn traffic(out: &mut Out, context: &NodeContext) -> fmt::Result {
         "Gossip (UDP) datagrams.",
         direction(gossip.datagrams_sent, gossip.datagrams_received),
     )?;
+    out.counter(
+        "gossip_datagrams_rejected_total",
+        "Gossip datagrams dropped: under another cluster key or none, tampered with, oversized, or not chitchat.",
+        gossip.datagrams_rejected,
+    )?;
     let (bytes_sent, bytes_received, frames_sent, frames_received) =
         crate::raft::network::PEER_TRAFFIC.snapshot();
     out.counters(

@@ -32,7 +32,7 @@ const NODE_ID_FILE: &str = "node-id";
 /// How long a write or a read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Entries between snapshots.
 const SNAPSHOT_EVERY: u64 = 5_000;
 /// Entries kept in the log behind a snapshot, so briefly absent followers catch up from the log.
@@ -321,13 +321,18 @@ impl Replica {
         command: SessionCommand,
     ) -> Result<(LogId, CommandResponse), ConsensusError> {
         let deadline = Instant::now() + LEADER_WAIT;
+        // Set once an attempt may have been applied without our hearing the answer (the leader died,
+        // froze or was cut off mid-request). Later attempts then read a "conflict" that is only our
+        // own earlier success as that success (see `reconcile`).
+        let mut uncertain: Option<String> = None;
         loop {
             let mut local = command.clone();
             local.stamp(now_ms());
             let leader = match self.raft.client_write(local).await {
-                Ok(response) => {
-                    self.count_write(&response.data);
-                    return Ok((response.log_id, response.data));
+                Ok(written) => {
+                    let response = self.reconcile(&command, written.data, &uncertain).await;
+                    self.count_write(&response);
+                    return Ok((written.log_id, response));
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
                 Err(RaftError::APIError(other)) => {
@@ -350,11 +355,15 @@ impl Replica {
                     // No wait for the local apply: every read goes through the read barrier, which
                     // waits for this index anyway, and waiting here would cost a commit round trip.
                     Ok(PeerResponse::ClientWrite { log_id, response }) => {
+                        let response = self.reconcile(&command, response, &uncertain).await;
                         self.count_write(&response);
                         return Ok((log_id, response));
                     }
                     Ok(PeerResponse::ForwardToLeader { .. }) => {}
-                    Ok(PeerResponse::Error(text)) => return Err(ConsensusError::Unknown(text)),
+                    Ok(PeerResponse::Error(text)) => {
+                        debug!(error = %text, "forwarded write failed at the leader; retrying");
+                        uncertain = Some(text);
+                    }
                     Ok(other) => {
                         return Err(ConsensusError::Unknown(format!(
                             "unexpected answer to a forwarded write: {other:?}"
@@ -365,13 +374,68 @@ impl Replica {
                         debug!(error = %err, "leader unreachable; retrying");
                         self.client.forget(addr);
                     }
-                    Err(err) => return Err(ConsensusError::Unknown(err.to_string())),
+                    Err(err) => {
+                        debug!(error = %err, "forwarded write got no answer; retrying on the leader");
+                        self.client.forget(addr);
+                        uncertain = Some(err.to_string());
+                    }
                 }
             }
             if Instant::now() >= deadline {
-                return Err(ConsensusError::NoLeader(LEADER_WAIT));
+                return Err(match uncertain {
+                    Some(reason) => ConsensusError::Unknown(reason),
+                    None => ConsensusError::NoLeader(LEADER_WAIT),
+                });
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// After an attempt of unknown outcome, a retry that finds the session exactly as this command
+    /// would have left it reports the earlier success instead of the conflict it caused.
+    async fn reconcile(
+        &self,
+        command: &SessionCommand,
+        response: CommandResponse,
+        uncertain: &Option<String>,
+    ) -> CommandResponse {
+        if uncertain.is_none() {
+            return response;
+        }
+        let conflict = matches!(
+            response,
+            CommandResponse::AlreadyExists
+                | CommandResponse::VersionMismatch { .. }
+                | CommandResponse::NotFound
+        );
+        if !conflict || self.linearizable_barrier().await.is_err() {
+            return response;
+        }
+        match (command, response) {
+            (SessionCommand::Create { id, data, .. }, CommandResponse::AlreadyExists) => {
+                match self.reader.get(id) {
+                    Some(record) if record.data == *data && record.version == 1 => {
+                        CommandResponse::Created(record)
+                    }
+                    _ => CommandResponse::AlreadyExists,
+                }
+            }
+            (
+                SessionCommand::Put {
+                    id,
+                    data,
+                    expected_version: Some(expected),
+                    ..
+                },
+                CommandResponse::VersionMismatch { current },
+            ) => match self.reader.get(id) {
+                Some(record) if record.data == *data && record.version == expected + 1 => {
+                    CommandResponse::Updated(record)
+                }
+                _ => CommandResponse::VersionMismatch { current },
+            },
+            (SessionCommand::Delete { .. }, CommandResponse::NotFound) => CommandResponse::Deleted,
+            (_, response) => response,
         }
     }
 
@@ -453,6 +517,12 @@ impl Replica {
                     leader_node: forward.leader_node,
                 }
             }
+            // The core stopped (this node is shutting down): the write was not taken; the caller
+            // retries on whoever leads next.
+            Err(RaftError::Fatal(_)) => PeerResponse::ForwardToLeader {
+                leader_id: None,
+                leader_node: None,
+            },
             Err(err) => PeerResponse::Error(err.to_string()),
         }
     }
@@ -551,6 +621,13 @@ async fn bootstrap(
             return;
         }
         if founders.len() == config.cluster.nodes.len() {
+            // One founder initializes (the one with the smallest id); the others are contacted by it.
+            // If every founder initialized, each would campaign at once, and two could lead term 1.
+            if founders.keys().next() != Some(&replica.id) {
+                let first = founders.values().next().map(|node| node.name.clone());
+                info!(initializer = ?first, "every founder is pristine; waiting for the first to initialize Raft");
+                return;
+            }
             let names: Vec<&str> = founders.values().map(|node| node.name.as_str()).collect();
             match replica.raft.initialize(founders.clone()).await {
                 Ok(()) => info!(founders = ?names, "initialized Raft with every founder"),
