@@ -211,7 +211,9 @@ async fn a_node_down_during_ten_thousand_writes_catches_up() {
     cluster.start("node-3");
     cluster.wait_ready(READY).await;
     let (_, count, _) = cluster.wait_identical(CONVERGE).await;
-    assert_eq!(count as usize, acked.len());
+    // A write the client gave up on (2 s timeout on a busy machine) may still have been applied, so
+    // the store can hold more than was acknowledged, never less.
+    assert!(count as usize >= acked.len(), "{count} < {}", acked.len());
     // Spot-check through the node that was away (reads there are linearizable anyway, so also
     // compare its local digest above, which needs no consensus round).
     for (id, data) in acked.iter().step_by(500) {
