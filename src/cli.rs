@@ -172,6 +172,14 @@ pub enum StatusError {
         /// What was given.
         url: String,
     },
+    /// A local file is not what the command needs.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The node did not answer.
     #[error("cannot reach {url}: {reason}")]
     Unreachable {
@@ -345,8 +353,9 @@ pub async fn restore(node: &str, file: &std::path::Path) -> Result<String, Statu
         reason: format!("cannot read the backup: {err}"),
     })?;
     if let Err(err) = proto::raft::decode_backup_file(&bytes) {
-        return Err(StatusError::BadUrl {
-            url: format!("{}: {err}", file.display()),
+        return Err(StatusError::BadFile {
+            path: file.display().to_string(),
+            reason: err.to_string(),
         });
     }
     let url = format!("{}/cluster/restore", node.trim_end_matches('/'));

@@ -66,9 +66,6 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
             old.logging.level, new.logging.level
         ));
     }
-    if old.alerts != new.alerts {
-        applied.push("alert rules".to_string());
-    }
     let mut restart = Vec::new();
     if old.cluster_id != new.cluster_id {
         restart.push("cluster id");
@@ -95,6 +92,10 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
     }
     if old.metrics != new.metrics {
         restart.push("<metrics>");
+    }
+    // The alert evaluator keeps the rules it started with.
+    if old.alerts != new.alerts {
+        restart.push("<alerts>");
     }
     (applied, restart)
 }
@@ -135,7 +136,10 @@ pub async fn reload(context: &NodeContext) -> Result<String, String> {
             }
         }
     }
-    let (applied, restart) = compare(&old, &new);
+    let (applied, _) = compare(&old, &new);
+    // What needs a restart is judged against what the node started with, so it is named on every
+    // reload until the node restarts, not just the first.
+    let (_, restart) = compare(&context.config().cluster, &new);
     context.routing().apply(&new.balancer);
     live.session_ttl_ms
         .store(new.sessions.ttl.as_millis() as u64, Ordering::Relaxed);

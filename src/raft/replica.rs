@@ -298,6 +298,10 @@ impl Replica {
     /// Whether a leader is known and this node applied everything committed as far as it knows.
     pub fn readiness(&self) -> Result<(), String> {
         let metrics = self.metrics();
+        // Raft stops for good on a storage error (a full disk, say): this node can serve nothing.
+        if let Err(fatal) = &metrics.running_state {
+            return Err(format!("raft stopped: {fatal}"));
+        }
         let Some(leader) = metrics.current_leader else {
             return Err("no Raft leader yet".to_string());
         };
