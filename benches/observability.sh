@@ -11,7 +11,8 @@
 # modes get the same extra load and the difference is the cost of measuring and rendering.
 # Modes alternate (on, off, on, off, ...) ROUNDS times each; the medians and their ratio are reported.
 #
-# Knobs (environment): DURATION=15s ROUNDS=3 SKIP_BUILD=1.
+# Knobs (environment): DURATION=15s ROUNDS=3 FIRST=true (or false: each round starts with metrics off)
+# SKIP_BUILD=1.
 # Waits while any other wrk runs (someone else's benchmark) before each measurement.
 # Every process this script starts is recorded in PIDS and killed on exit, even on failure or Ctrl-C.
 set -euo pipefail
@@ -21,14 +22,15 @@ cd "$root"
 
 DURATION=${DURATION:-15s}
 ROUNDS=${ROUNDS:-3}
+FIRST=${FIRST:-true} # the mode each round starts with (true: metrics on first)
 
 bin=$root/target/release/micro-tomcat
 out_dir=$root/target/bench
 work=$out_dir/observability-run
 raw=$out_dir/observability.txt
 
-HTTP=(19081 19082 19083)
-CLUSTER=(19001 19002 19003)
+HTTP=(29081 29082 29083)
+CLUSTER=(29001 29002 29003)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 2; }
@@ -59,7 +61,7 @@ command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteracti
 
 for port in "${HTTP[@]}" "${CLUSTER[@]}"; do
   if [ -n "$(ss -ltnH "sport = :$port")" ] || [ -n "$(ss -lunH "sport = :$port")" ]; then
-    die "port $port is in use; this benchmark needs 19001-19003 and 19081-19083 free"
+    die "port $port is in use; this benchmark needs 29001-29003 and 29081-29083 free"
   fi
 done
 
@@ -71,6 +73,9 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --bin micro-tomcat >"$work/logs/build.log" 2>&1 || die "build failed, see $work/logs/build.log"
 fi
 [ -x "$bin" ] || die "no binary at $bin"
+# Every run uses this one copy, even if someone rebuilds target/release meanwhile.
+cp "$bin" "$work/micro-tomcat"
+bin=$work/micro-tomcat
 
 url() { echo "http://127.0.0.1:${HTTP[$(($1 - 1))]}"; }
 
@@ -123,6 +128,10 @@ local_session() { # a session id whose owner is node-1
   die "no session id k1..k200 is owned by node-1"
 }
 
+cpu_ticks() { # pid -> utime + stime in clock ticks (USER_HZ = 100)
+  awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"
+}
+
 wait_for_quiet() { # other people's wrk runs would skew ours
   while pgrep -x wrk >/dev/null; do
     log "another wrk is running ($(pgrep -ax wrk | head -1)); waiting"
@@ -131,7 +140,7 @@ wait_for_quiet() { # other people's wrk runs would skew ours
 }
 
 measure() { # enabled(true|false) round -> requests/s
-  local enabled=$1 round=$2 config session out lines rps p50 p99
+  local enabled=$1 round=$2 config session out lines rps p50 p99 cpu_before cpu_after requests cpu_us
   config=$(write_config "$enabled")
   start_cluster "$config"
   session=$(local_session)
@@ -141,7 +150,9 @@ measure() { # enabled(true|false) round -> requests/s
   (while :; do curl -s -o /dev/null --max-time 1 "$(url 1)/metrics"; sleep 1; done) &
   PIDS[scraper]=$!
   out=$work/wrk-$enabled-$round.txt
+  cpu_before=$(cpu_ticks "${PIDS[node-1]}")
   wrk -t2 -c50 -d"$DURATION" --latency -H "Cookie: MTSESSIONID=$session" "$(url 1)/app/hello" >"$out"
+  cpu_after=$(cpu_ticks "${PIDS[node-1]}")
   stop_proc scraper
   lines=$(curl -s "$(url 1)/metrics" | grep -c '^micro_tomcat_' || true)
   stop_cluster
@@ -149,18 +160,22 @@ measure() { # enabled(true|false) round -> requests/s
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
-  printf 'metrics=%s round=%s session=%s requests_per_s=%s p50=%s p99=%s metric_lines=%s\n' \
-    "$enabled" "$round" "$session" "$rps" "$p50" "$p99" "$lines" >>"$raw"
-  log "metrics=$enabled round $round: $rps req/s (p50 $p50, p99 $p99)"
+  requests=$(awk '/requests in/ {print $1}' "$out")
+  # CPU time node-1 spent per request: unlike throughput, barely moved by other load on the machine.
+  cpu_us=$(awk -v t=$((cpu_after - cpu_before)) -v n="$requests" 'BEGIN {printf "%.1f", t * 10000 / n}')
+  printf 'metrics=%s round=%s session=%s requests_per_s=%s p50=%s p99=%s cpu_us_per_request=%s metric_lines=%s\n' \
+    "$enabled" "$round" "$session" "$rps" "$p50" "$p99" "$cpu_us" "$lines" >>"$raw"
+  log "metrics=$enabled round $round: $rps req/s (p50 $p50, p99 $p99), node-1 CPU $cpu_us µs/request"
 }
 
 {
   echo "# benches/observability.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) DURATION=$DURATION ROUNDS=$ROUNDS"
   echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), nproc $(nproc)"
 } >>"$raw"
+second=$([ "$FIRST" = true ] && echo false || echo true)
 for round in $(seq 1 "$ROUNDS"); do
-  measure true "$round"
-  measure false "$round"
+  measure "$FIRST" "$round"
+  measure "$second" "$round"
 done
 
 python3 - "$raw" "$ROUNDS" <<'PY'
@@ -168,11 +183,17 @@ import statistics, sys
 path, rounds = sys.argv[1], int(sys.argv[2])
 lines = [l for l in open(path) if l.startswith("metrics=")][-2 * rounds:]
 runs = {"true": [], "false": []}
+cpu = {"true": [], "false": []}
 for line in lines:
     fields = dict(f.split("=", 1) for f in line.split())
     runs[fields["metrics"]].append(float(fields["requests_per_s"]))
+    cpu[fields["metrics"]].append(float(fields["cpu_us_per_request"]))
 on, off = statistics.median(runs["true"]), statistics.median(runs["false"])
 print(f"metrics on : {' '.join(f'{x:.0f}' for x in runs['true'])} req/s, median {on:.0f}")
 print(f"metrics off: {' '.join(f'{x:.0f}' for x in runs['false'])} req/s, median {off:.0f}")
-print(f"on/off = {on / off:.3f} ({(on / off - 1) * 100:+.1f}%)")
+print(f"throughput on/off = {on / off:.3f} ({(on / off - 1) * 100:+.1f}%)")
+con, coff = statistics.median(cpu["true"]), statistics.median(cpu["false"])
+print(f"node-1 CPU per request: on {' '.join(f'{x:.1f}' for x in cpu['true'])} µs, median {con:.1f}; "
+      f"off {' '.join(f'{x:.1f}' for x in cpu['false'])} µs, median {coff:.1f}; "
+      f"on/off = {con / coff:.3f} ({(con / coff - 1) * 100:+.1f}%)")
 PY

@@ -247,6 +247,7 @@ run_wrk() { # system target role clients threads round url script [extra env...]
 #  - "first_ack_seconds": the same writes also started every 50 ms in parallel (each 2 s timeout): time
 #    until ANY write is acknowledged, i.e. when the system accepts writes again, whatever the client timeout.
 # kind "session": POST /api/sessions with 1 KiB, ack = 201; kind "etcd": put of a new key, 1 KiB, ack = 200.
+# "failures" counts the failed tries of both kinds together (status code or exception name).
 failover_probe() { # pid url kind tag
   python3 - "$@" <<'PY'
 import base64, datetime, json, os, signal, sys, threading, time, urllib.error, urllib.request
@@ -304,7 +305,9 @@ PY
 }
 
 # ---------------------------------------------------------------- memory
+# Resident set size now, and its peak over the process's life (VmHWM: e.g. while a snapshot is built).
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 # wrk knows only durations, so: run wrk -c50 in the background for up to 10 minutes, poll the store's
 # count every 0.5 s, and stop wrk with SIGINT (it then prints its summary) once MEM_SESSIONS is reached.
@@ -421,11 +424,14 @@ done
 sleep 3 # let any snapshot started by the fill finish, so RSS is the steady state
 for n in 1 2 3; do
   count=$(curl -s --max-time 2 "$(mt_url "$n")/cluster/sessions/digest" | jq -r '.sessions')
-  rss=$(rss_mb "${PIDS[mt-$n]}")
-  jq -nc --arg node "node-$n" --argjson rss "$rss" --argjson count "$count" \
-    '{kind: "rss", system: "micro-tomcat", phase: "full", node: $node, rss_mb: $rss, sessions: $count}' >>"$results"
-  log "node-$n: $count sessions, VmRSS $rss MB"
+  rss=$(rss_mb "${PIDS[mt-$n]}") hwm=$(hwm_mb "${PIDS[mt-$n]}")
+  jq -nc --arg node "node-$n" --argjson rss "$rss" --argjson hwm "$hwm" --argjson count "$count" \
+    '{kind: "rss", system: "micro-tomcat", phase: "full", node: $node, rss_mb: $rss, peak_mb: $hwm, sessions: $count}' >>"$results"
+  log "node-$n: $count sessions, VmRSS $rss MB (peak $hwm MB)"
 done
+# On-disk size and the last snapshot's size (the node logs "built session snapshot ... bytes=N").
+snapshot_bytes=$(grep -ho 'built session snapshot.*bytes=[0-9]*' "$work"/logs/node-*.log | tail -n 1 | sed 's/.*bytes=//' || true)
+jq -nc --argjson bytes "${snapshot_bytes:-null}" '{kind: "snapshot", system: "micro-tomcat", last_snapshot_bytes: $bytes}' >>"$results"
 du -sk "$work/mt-data"/* | awk '{print $2, $1}' | while read -r dir kb; do
   jq -nc --arg node "$(basename "$dir")" --argjson kb "$kb" '{kind: "disk", system: "micro-tomcat", node: $node, mb: ($kb / 1024)}' >>"$results"
 done
@@ -439,10 +445,10 @@ WRK_RUN_TAG=fill fill etcd "$(etcd_url 1)" etcd_put.lua "$(etcd_url 1)/v3/kv/ran
 sleep 3
 for n in 1 2 3; do
   count=$(ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:${ETCD_CLIENT[$((n - 1))]}" get --prefix bench/fill/ --keys-only -w json --limit 1 | jq -r '.count')
-  rss=$(rss_mb "${PIDS[etcd-$n]}")
-  jq -nc --arg node "e$n" --argjson rss "$rss" --argjson count "$count" \
-    '{kind: "rss", system: "etcd", phase: "full", node: $node, rss_mb: $rss, sessions: $count}' >>"$results"
-  log "e$n: $count keys, VmRSS $rss MB"
+  rss=$(rss_mb "${PIDS[etcd-$n]}") hwm=$(hwm_mb "${PIDS[etcd-$n]}")
+  jq -nc --arg node "e$n" --argjson rss "$rss" --argjson hwm "$hwm" --argjson count "$count" \
+    '{kind: "rss", system: "etcd", phase: "full", node: $node, rss_mb: $rss, peak_mb: $hwm, sessions: $count}' >>"$results"
+  log "e$n: $count keys, VmRSS $rss MB (peak $hwm MB)"
 done
 etcd_stop_cluster
 
@@ -509,6 +515,7 @@ for system in ("micro-tomcat", "etcd"):
     empty = [r for r in rows if r["kind"] == "rss" and r["system"] == system and r["phase"] == "empty"]
     summary["rss"][system] = {
         "per_node_mb": {r["node"]: r["rss_mb"] for r in full},
+        "peak_per_node_mb": {r["node"]: r.get("peak_mb") for r in full},
         "sessions_per_node": {r["node"]: r["sessions"] for r in full},
         "empty_per_node_mb": {r["node"]: r["rss_mb"] for r in empty},
         "max_mb": max((r["rss_mb"] for r in full), default=None),
@@ -527,9 +534,14 @@ no_errors = all(r["failed"] == 0 for r in rows if r["kind"] == "load")
 t["writes_50_clients_ge_2x_etcd"] = bool(m50 and e50 and m50["writes_per_s"] >= 2 * e50["writes_per_s"])
 t["p99_50_clients_le_half_etcd"] = bool(m50 and e50 and m50["p99_ms"] <= 0.5 * e50["p99_ms"])
 t["writes_1_client_ge_2x_etcd"] = bool(m1 and e1 and m1["writes_per_s"] >= 2 * e1["writes_per_s"])
-t["failover_median_le_etcd_and_1s"] = bool(
-    fo_m["median_s"] is not None and fo_e["median_s"] is not None
-    and fo_m["median_s"] <= fo_e["median_s"] and fo_m["median_s"] <= 1.0)
+# The issue's target is "median <= etcd's and <= 1 s": both parts, each judged separately, and the
+# comparison with etcd also by the first accepted write (independent of the client's 2 s timeout).
+t["failover_median_le_etcd"] = bool(
+    fo_m["median_s"] is not None and fo_e["median_s"] is not None and fo_m["median_s"] <= fo_e["median_s"])
+t["failover_first_accepted_write_median_le_etcd"] = bool(
+    fo_m["first_ack_median_s"] is not None and fo_e["first_ack_median_s"] is not None
+    and fo_m["first_ack_median_s"] <= fo_e["first_ack_median_s"])
+t["failover_median_le_1s"] = bool(fo_m["median_s"] is not None and fo_m["median_s"] <= 1.0)
 mx = summary["rss"]["micro-tomcat"]["max_mb"]
 t[f"rss_le_300mb_at_{env['BENCH_MEM_SESSIONS']}_sessions"] = bool(mx is not None and mx <= 300)
 t["no_errors_under_load"] = no_errors
@@ -577,7 +589,7 @@ for system in ("micro-tomcat", "etcd"):
 for system in ("micro-tomcat", "etcd"):
     r = summary["rss"][system]
     print(f"RSS at {env['BENCH_MEM_SESSIONS']} x 1 KiB, {system:<13} " +
-          "  ".join(f"{k} {v:.0f} MB" for k, v in r["per_node_mb"].items()))
+          "  ".join(f"{k} {v:.0f} MB (peak {r['peak_per_node_mb'][k]:.0f})" for k, v in r["per_node_mb"].items()))
 print()
 for name, met in t.items():
     print(f"  {'MET   ' if met else 'MISSED'}  {name}")

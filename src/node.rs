@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+// `into_make_service_with_connect_info` for the measured router.
+use axum::ServiceExt;
 use axum::http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,7 @@ use crate::http;
 use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsStatus};
 use crate::membership::{MemberState, Membership, MembershipError};
 use crate::metrics::Metrics;
-use crate::metrics::http::CountingListener;
+use crate::metrics::http::{CountingListener, Measured};
 use crate::raft::replica::{Replica, ReplicaError};
 use crate::routing::{Routing, route};
 use crate::session::ClusterStore;
@@ -29,9 +31,10 @@ use crate::session::api::SessionApi;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Log filter when `RUST_LOG` is not set: our events at info; chitchat, openraft and raft-log only
 /// when they warn; not openraft's core (one error per read while any follower is down) nor its
-/// responder (one warning per write whose client went away).
+/// responder (one warning per write whose client went away); tower-sessions only on errors (it warns
+/// once per request carrying a malformed session cookie, which any client can send).
 pub const DEFAULT_LOG_FILTER: &str = "info,chitchat=warn,openraft=warn,raft_log=warn,\
-    openraft::core::raft_core=off,openraft::raft::responder=error";
+    openraft::core::raft_core=off,openraft::raft::responder=error,tower_sessions=error";
 /// Header naming the node that served an application request.
 pub const SERVED_BY: &str = "x-served-by";
 
@@ -551,17 +554,14 @@ async fn serve(
     };
     tasks.spawn(reload_on_sighup(context.clone(), stop.clone()));
     tasks.spawn(publish_load(context.clone(), stop.clone()));
-    let mut app = http::router(context.clone())
+    let app = http::router(context.clone())
         .merge(applications(&context, apps))
         .layer(axum::middleware::from_fn(
             crate::security::limit_request_head,
         ));
-    if context.metrics().enabled() {
-        app = app.layer(axum::middleware::from_fn_with_state(
-            context.metrics().http().clone(),
-            crate::metrics::http::measure,
-        ));
-    }
+    // Every request is measured (unless metrics are off) by one service around the whole router.
+    let metrics = context.metrics();
+    let app = Measured::new(app, metrics.enabled().then(|| metrics.http()));
     // Alerts stop as soon as the node starts leaving, so its own shutdown raises none.
     let alerts_stop = stop.child_token();
     if let Some(alerts) = context.config().cluster.alerts.clone() {
@@ -570,7 +570,7 @@ async fn serve(
     // Counted for `micro_tomcat_http_connections_open`. `tap_io` adds nothing but lets axum's
     // `ConnectInfo<SocketAddr>` work with a listener other than a bare `TcpListener`.
     let http_listener = axum::serve::ListenerExt::tap_io(
-        CountingListener::new(http_listener, context.metrics().http().clone()),
+        CountingListener::new(http_listener, context.metrics().http()),
         |_| {},
     );
     let mut server = {

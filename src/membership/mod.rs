@@ -523,7 +523,8 @@ impl Observer {
             self.warn_once(name, format!("{name}: {err}; treating it as serving"));
         }
         let wire_version = chosen.wire_version.as_deref().and_then(|v| v.parse().ok());
-        if wire_version != Some(gossip::WIRE_VERSION) {
+        // No version yet just means its keys have not reached us; only a different one is worth a word.
+        if wire_version.is_some_and(|version| version != gossip::WIRE_VERSION) {
             self.warn_once(
                 name,
                 format!(
