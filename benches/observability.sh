@@ -9,7 +9,8 @@
 # lands, then runs `wrk -t2 -c50 -d$DURATION` against node-1's /app/hello with that session cookie.
 # A curl loop fetches /metrics once a second during every run, in both modes (a 404 when off), so the two
 # modes get the same extra load and the difference is the cost of measuring and rendering.
-# Modes alternate (on, off, on, off, ...) ROUNDS times each; the medians and their ratio are reported.
+# Each round runs both modes back to back, in ABBA order (on off, off on, ...), ROUNDS rounds; the
+# medians and their ratio are reported, and the median of the per-round ratios (pairs close in time).
 #
 # Knobs (environment): DURATION=15s ROUNDS=3 FIRST=true (or false: each round starts with metrics off)
 # SKIP_BUILD=1.
@@ -120,12 +121,16 @@ start_cluster() { # config
 stop_cluster() { local n; for n in 1 2 3; do stop_proc "node-$n"; done; }
 
 local_session() { # a session id whose owner is node-1
-  local k owner
+  # k1, k2, ... padded to 22 base64url characters: the shape of a tower-sessions id. A cookie of
+  # another shape makes tower-sessions log a warning on every request, and the benchmark would
+  # measure log writing.
+  local k id owner
   for k in $(seq 1 200); do
-    owner=$(curl -s --max-time 1 "$(url 1)/cluster/route?session=k$k" | jq -r '.owners[0] // empty')
-    if [ "$owner" = node-1 ]; then echo "k$k"; return 0; fi
+    id=$(printf 'k%-21s' "$k" | tr ' ' A)
+    owner=$(curl -s --max-time 1 "$(url 1)/cluster/route?session=$id" | jq -r '.owners[0] // empty')
+    if [ "$owner" = node-1 ]; then echo "$id"; return 0; fi
   done
-  die "no session id k1..k200 is owned by node-1"
+  die "no session id k1..k200 (padded) is owned by node-1"
 }
 
 cpu_ticks() { # pid -> utime + stime in clock ticks (USER_HZ = 100)
@@ -141,6 +146,7 @@ wait_for_quiet() { # other people's wrk runs would skew ours
 
 measure() { # enabled(true|false) round -> requests/s
   local enabled=$1 round=$2 config session out lines rps p50 p99 cpu_before cpu_after requests cpu_us
+  local log_before log_after
   config=$(write_config "$enabled")
   start_cluster "$config"
   session=$(local_session)
@@ -151,8 +157,12 @@ measure() { # enabled(true|false) round -> requests/s
   PIDS[scraper]=$!
   out=$work/wrk-$enabled-$round.txt
   cpu_before=$(cpu_ticks "${PIDS[node-1]}")
+  log_before=$(wc -l <"$work/logs/node-1.log")
   wrk -t2 -c50 -d"$DURATION" --latency -H "Cookie: MTSESSIONID=$session" "$(url 1)/app/hello" >"$out"
   cpu_after=$(cpu_ticks "${PIDS[node-1]}")
+  log_after=$(wc -l <"$work/logs/node-1.log")
+  # A log line per request would be what we measure; a few lines (a membership event) are fine.
+  [ $((log_after - log_before)) -lt 100 ] || die "node-1 logged $((log_after - log_before)) lines during the run; see $work/logs/node-1.log"
   stop_proc scraper
   lines=$(curl -s "$(url 1)/metrics" | grep -c '^micro_tomcat_' || true)
   stop_cluster
@@ -172,10 +182,17 @@ measure() { # enabled(true|false) round -> requests/s
   echo "# benches/observability.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) DURATION=$DURATION ROUNDS=$ROUNDS"
   echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), nproc $(nproc)"
 } >>"$raw"
-second=$([ "$FIRST" = true ] && echo false || echo true)
+# ABBA order (on off, off on, on off, ...): a machine that slowly gets busier or quieter favours
+# neither mode.
+other=$([ "$FIRST" = true ] && echo false || echo true)
 for round in $(seq 1 "$ROUNDS"); do
-  measure "$FIRST" "$round"
-  measure "$second" "$round"
+  if [ $((round % 2)) -eq 1 ]; then
+    measure "$FIRST" "$round"
+    measure "$other" "$round"
+  else
+    measure "$other" "$round"
+    measure "$FIRST" "$round"
+  fi
 done
 
 python3 - "$raw" "$ROUNDS" <<'PY'
@@ -184,14 +201,18 @@ path, rounds = sys.argv[1], int(sys.argv[2])
 lines = [l for l in open(path) if l.startswith("metrics=")][-2 * rounds:]
 runs = {"true": [], "false": []}
 cpu = {"true": [], "false": []}
+by_round = {}
 for line in lines:
     fields = dict(f.split("=", 1) for f in line.split())
     runs[fields["metrics"]].append(float(fields["requests_per_s"]))
     cpu[fields["metrics"]].append(float(fields["cpu_us_per_request"]))
+    by_round.setdefault(fields["round"], {})[fields["metrics"]] = float(fields["requests_per_s"])
+pairs = [r["true"] / r["false"] for r in by_round.values() if len(r) == 2]
 on, off = statistics.median(runs["true"]), statistics.median(runs["false"])
 print(f"metrics on : {' '.join(f'{x:.0f}' for x in runs['true'])} req/s, median {on:.0f}")
 print(f"metrics off: {' '.join(f'{x:.0f}' for x in runs['false'])} req/s, median {off:.0f}")
-print(f"throughput on/off = {on / off:.3f} ({(on / off - 1) * 100:+.1f}%)")
+print(f"throughput on/off = {on / off:.3f} ({(on / off - 1) * 100:+.1f}%); per round "
+      f"{' '.join(f'{p:.3f}' for p in pairs)}, median {statistics.median(pairs):.3f}")
 con, coff = statistics.median(cpu["true"]), statistics.median(cpu["false"])
 print(f"node-1 CPU per request: on {' '.join(f'{x:.1f}' for x in cpu['true'])} µs, median {con:.1f}; "
       f"off {' '.join(f'{x:.1f}' for x in cpu['false'])} µs, median {coff:.1f}; "

@@ -1176,7 +1176,7 @@ fn alerts_parse_into_rules_and_webhooks() {
            <rule kind=\"p99-latency\" threshold-ms=\"500\"/>\
            <rule kind=\"memory\" threshold-bytes=\"1073741824\" for-ms=\"10000\"/>\
            <webhook url=\"http://127.0.0.1:9099/hook\"/>\
-           <webhook url=\"http://alertmanager:9093/api/v2/alerts\"/>\
+           <webhook url=\"http://hooks.internal:8080/alerts\"/>\
          </alerts>",
     );
     let alerts = parse(&text).expect("valid").alerts.expect("alerts");
@@ -1186,7 +1186,7 @@ fn alerts_parse_into_rules_and_webhooks() {
         alerts.webhooks,
         [
             "http://127.0.0.1:9099/hook",
-            "http://alertmanager:9093/api/v2/alerts"
+            "http://hooks.internal:8080/alerts"
         ]
     );
     let rules: Vec<(&str, &AlertCondition, u128)> = alerts
