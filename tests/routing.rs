@@ -37,6 +37,21 @@ async fn counter(client: &reqwest::Client, base: &str, cookie: &str) -> (u16, u6
     (status, count, served_by)
 }
 
+/// Waits until every running node routes to `members` members (ready needs only one other).
+async fn routes_to_all(cluster: &Cluster, members: usize) {
+    for name in cluster.running() {
+        wait_for(
+            &format!("{name} routes to {members} members"),
+            READY,
+            || async {
+                let status = cluster.status(&name).await?;
+                (status["balancer"]["members"].as_array()?.len() == members).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// Requests `viewer` proxied to `target` (or served itself, when they are the same).
 async fn proxied(cluster: &Cluster, viewer: &str, target: &str) -> u64 {
     let status = cluster.status(viewer).await.expect("status");
@@ -52,6 +67,7 @@ async fn sessions_stick_to_their_owner_and_survive_its_death() {
     let mut cluster = Cluster::new(3);
     cluster.start_all();
     cluster.wait_ready(READY).await;
+    routes_to_all(&cluster, 3).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -235,6 +251,8 @@ async fn round_robin_spreads_requests_exactly() {
     );
     cluster.start_all();
     cluster.wait_ready(READY).await;
+    // Ready needs only one other member; round-robin over three needs node-1 to route to all three.
+    routes_to_all(&cluster, 3).await;
     let mut served = std::collections::BTreeMap::new();
     for _ in 0..30 {
         let response = cluster
