@@ -257,6 +257,14 @@ async fn python_upstream_keeps_sessions_across_nodes_and_fails_over() {
     }
     cluster.start_all();
     cluster.wait_ready(READY).await;
+    // Sticky routing needs every node to route over the same three members.
+    for name in ["node-1", "node-2", "node-3"] {
+        wait_for("every node routes to 3 members", READY, || async {
+            let status = cluster.status(name).await?;
+            (status["balancer"]["members"].as_array()?.len() == 3).then_some(())
+        })
+        .await;
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
