@@ -833,8 +833,8 @@ mod tests {
         tasks.wait().await;
     }
 
-    #[tokio::test]
-    async fn server_refuses_a_client_without_the_key() {
+    /// Lets `client` try a call against a server holding key 1; returns the server's refusal.
+    async fn refusal_by_keyed_server(client: PeerClient) -> PeerError {
         let key = key(1).expect("key");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -848,9 +848,13 @@ mod tests {
             let mut stream = PeerStream::new(stream);
             accept_handshake(&mut stream, peer, &hello, Some(&key)).await
         });
-        let client = PeerClient::new("demo", "keyless", None);
         assert!(read_index(&client, addr).await.is_err());
-        let err = accept.await.expect("join").expect_err("refused");
+        accept.await.expect("join").expect_err("refused")
+    }
+
+    #[tokio::test]
+    async fn server_refuses_a_client_without_the_key() {
+        let err = refusal_by_keyed_server(PeerClient::new("demo", "keyless", None)).await;
         let text = err.to_string();
         assert!(matches!(err, PeerError::Unauthenticated { .. }), "{text}");
         assert!(
@@ -861,22 +865,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_refuses_a_client_with_another_key() {
-        let key = key(1).expect("key");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let hello = Hello {
-            wire_version: PEER_WIRE_VERSION,
-            cluster_id: "demo".to_string(),
-            from_name: "server".to_string(),
-        };
-        let accept = tokio::spawn(async move {
-            let (stream, peer) = listener.accept().await.expect("accept");
-            let mut stream = PeerStream::new(stream);
-            accept_handshake(&mut stream, peer, &hello, Some(&key)).await
-        });
-        let client = PeerClient::new("demo", "wrong", self::key(9));
-        assert!(read_index(&client, addr).await.is_err());
-        let err = accept.await.expect("join").expect_err("refused");
+        let err = refusal_by_keyed_server(PeerClient::new("demo", "wrong", key(9))).await;
         let text = err.to_string();
         assert!(matches!(err, PeerError::Unauthenticated { .. }), "{text}");
         assert!(text.contains("another one"), "{text}");
