@@ -233,6 +233,10 @@ pub enum SessionCommand {
         /// Leader's clock.
         now_ms: u64,
     },
+    /// Several writes proposed as one log entry (one append, one fsync, one replication round),
+    /// applied in order exactly as if each were its own entry; answered by
+    /// [`CommandResponse::Batch`] with one response per command. Never nested.
+    Batch(Vec<SessionCommand>),
 }
 
 impl SessionCommand {
@@ -250,6 +254,31 @@ impl SessionCommand {
                 }
             }
             SessionCommand::Delete { .. } => {}
+            SessionCommand::Batch(commands) => {
+                for command in commands {
+                    command.stamp(now);
+                }
+            }
+        }
+    }
+
+    /// Roughly how many bytes the command takes in a log entry: its session data plus a fixed
+    /// allowance per id. Used to bound batches and replication messages, not for accounting.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ID: usize = 40;
+        match self {
+            SessionCommand::Create { data, .. } | SessionCommand::Put { data, .. } => {
+                PER_ID + data.len()
+            }
+            SessionCommand::Delete { .. } => PER_ID,
+            SessionCommand::Touch { touches } => PER_ID * touches.len().max(1),
+            SessionCommand::Expire { ids, .. } => PER_ID * ids.len().max(1),
+            SessionCommand::Import { records, .. } => records
+                .iter()
+                .map(|record| PER_ID + record.data.len())
+                .sum::<usize>()
+                .max(PER_ID),
+            SessionCommand::Batch(commands) => commands.iter().map(Self::approx_bytes).sum(),
         }
     }
 }
@@ -291,6 +320,8 @@ pub enum CommandResponse {
         /// Records skipped because a live session had the id.
         skipped: u64,
     },
+    /// A `Batch` applied: one response per command, in command order.
+    Batch(Vec<CommandResponse>),
 }
 
 /// The state machine at a log index, as sent in `InstallSnapshot` and stored on disk.
@@ -305,7 +336,9 @@ pub struct SessionSnapshot {
 }
 
 /// The peer RPC protocol version; peers with another version refuse the connection.
-pub const PEER_WIRE_VERSION: u32 = 1;
+///
+/// 2: log entries may hold [`SessionCommand::Batch`], which a version-1 node cannot decode.
+pub const PEER_WIRE_VERSION: u32 = 2;
 
 /// The first frame each side of a peer connection sends.
 ///

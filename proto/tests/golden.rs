@@ -181,6 +181,21 @@ fn command_expire() {
 }
 
 #[test]
+fn command_batch() {
+    check(
+        "command_batch",
+        &SessionCommand::Batch(vec![create(), SessionCommand::Delete { id: id(3) }]),
+    );
+    check(
+        "command_response_batch",
+        &CommandResponse::Batch(vec![
+            CommandResponse::Created(record()),
+            CommandResponse::NotFound,
+        ]),
+    );
+}
+
+#[test]
 fn command_responses() {
     check(
         "command_responses",

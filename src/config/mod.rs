@@ -50,6 +50,10 @@ pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
 pub const DEFAULT_REMOVE_AFTER_MS: u64 = 30_000;
 /// Allowed removal grace period in milliseconds.
 pub const REMOVE_AFTER_MS_RANGE: RangeInclusive<u64> = 1_000..=86_400_000;
+/// Default number of session writes between two Raft snapshots (etcd's `snapshot-count` default).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+/// Allowed number of session writes between two Raft snapshots.
+pub const SNAPSHOT_EVERY_RANGE: RangeInclusive<u64> = 100..=10_000_000;
 /// Default session lifetime in seconds.
 pub const DEFAULT_SESSION_TTL_SECONDS: u64 = 1_800;
 /// Allowed session lifetime in seconds (up to a year).
@@ -220,6 +224,8 @@ pub struct RaftConfig {
     pub election_timeout: Duration,
     /// How long a member must be gone from gossip before the leader removes it from Raft.
     pub remove_after: Duration,
+    /// Session writes applied between two snapshots (each compacts the log).
+    pub snapshot_every: u64,
 }
 
 impl Default for RaftConfig {
@@ -230,6 +236,7 @@ impl Default for RaftConfig {
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             election_timeout: Duration::from_millis(DEFAULT_ELECTION_TIMEOUT_MS),
             remove_after: Duration::from_millis(DEFAULT_REMOVE_AFTER_MS),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }

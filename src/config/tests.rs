@@ -9,7 +9,7 @@ const FULL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <!-- every element -->
 <cluster id="demo">
   <gossip interval-ms="200" phi-threshold="9.5" dead-after-ms="4000"/>
-  <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300" remove-after-ms="5000"/>
+  <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300" remove-after-ms="5000" snapshot-every="2000"/>
   <sessions ttl-seconds="60" cookie="SID" max-bytes="2048"/>
   <balancer strategy="round-robin" key="ip" retries="0"/>
   <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token"/>
@@ -109,6 +109,7 @@ fn full_file_parses_every_value() {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             remove_after: Duration::from_millis(5000),
+            snapshot_every: 2000,
         }
     );
     assert_eq!(
@@ -480,6 +481,11 @@ fn dead_after_must_cover_two_intervals() {
 
 #[test]
 fn raft_ranges() {
+    assert_error_contains(
+        &with_element("<raft snapshot-every=\"99\"/>"),
+        "cluster-config.xml:2: <raft snapshot-every=\"99\">: ",
+        "snapshot-every must be between 100 and 10000000, got 99",
+    );
     assert_error_contains(
         &with_element("<raft voters=\"0\"/>"),
         "cluster-config.xml:2: <raft voters=\"0\">: ",

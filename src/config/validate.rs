@@ -369,6 +369,7 @@ fn raft(element: &RawElement, ctx: &Ctx<'_>) -> Result<RaftConfig, ConfigError> 
             "heartbeat-ms",
             "election-timeout-ms",
             "remove-after-ms",
+            "snapshot-every",
         ],
     )?;
     ctx.no_children(element)?;
@@ -410,8 +411,15 @@ fn raft(element: &RawElement, ctx: &Ctx<'_>) -> Result<RaftConfig, ConfigError> 
         DEFAULT_REMOVE_AFTER_MS,
         REMOVE_AFTER_MS_RANGE,
     )?;
+    let snapshot_every = ctx.whole(
+        element,
+        "snapshot-every",
+        DEFAULT_SNAPSHOT_EVERY,
+        SNAPSHOT_EVERY_RANGE,
+    )?;
     Ok(RaftConfig {
         data_dir,
+        snapshot_every,
         remove_after: Duration::from_millis(remove_after),
         // The range check above keeps this far below any platform's usize limit.
         voters: usize::try_from(voters).unwrap_or(DEFAULT_VOTERS),

@@ -53,7 +53,7 @@ const CHUNK_MAX_BYTES: usize = 64 * 1024 * 1024;
 const REPLAY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// In-memory cache of recent payloads; older entries are read back from the chunk files.
-const PAYLOAD_CACHE_BYTES: usize = 256 * 1024 * 1024;
+const PAYLOAD_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The Raft log of one node, durable under `<data_dir>/raft-log/`.
 ///
@@ -81,6 +81,10 @@ impl LogStore {
         config.wal.chunk_max_size = Some(CHUNK_MAX_BYTES);
         config.wal.read_buffer_size = Some(REPLAY_BUFFER_BYTES);
         config.wal.truncate_incomplete_record = Some(true);
+        // openraft 0.9 waits for each append's fsync before it issues the next one, so there is
+        // never a second write to wait for: any batching wait is pure latency. Concurrent client
+        // writes are batched before they reach Raft instead (see `super::batch`).
+        config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
         config.log_cache_capacity = Some(PAYLOAD_CACHE_BYTES);
         let log = RaftLog::<WalTypes>::open(Arc::new(config)).map_err(|source| {
             RaftStorageError::OpenLog {

@@ -7,6 +7,7 @@
 //! openraft drives both through [`LogStore`] (`RaftLogStorage`) and [`SessionStateMachine`]
 //! (`RaftStateMachine`); everything else reads sessions through a [`SessionReader`].
 
+pub mod batch;
 pub mod log_store;
 pub mod network;
 pub mod replica;

@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -706,6 +708,29 @@ impl PeerConnection {
     }
 }
 
+/// Entries of one `AppendEntries` are kept below this many (approximate) bytes, well inside
+/// [`proto::raft::MAX_FRAME_BYTES`]: a follower that fell behind is sent the log in pieces instead of
+/// one frame it would refuse.
+const APPEND_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+
+/// `None` when `entries` fit in `budget` bytes (or there is only one, which must go alone);
+/// otherwise how many of the first entries do (at least one).
+fn entries_that_fit(entries: &[proto::raft::Entry], budget: usize) -> Option<u64> {
+    if entries.len() <= 1 {
+        return None;
+    }
+    let mut total = 0usize;
+    for (n, entry) in entries.iter().enumerate() {
+        if let openraft::EntryPayload::Normal(command) = &entry.payload {
+            total = total.saturating_add(command.approx_bytes());
+        }
+        if total > budget {
+            return Some(n.max(1) as u64);
+        }
+    }
+    None
+}
+
 fn unexpected<E: std::error::Error>(
     response: PeerResponse,
 ) -> RPCError<NodeId, PeerNode, RaftError<NodeId, E>> {
@@ -719,6 +744,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        if let Some(fit) = entries_that_fit(&rpc.entries, APPEND_BUDGET_BYTES) {
+            // openraft resends at once with at most `fit` entries.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
             PeerResponse::AppendEntries(response) => Ok(response),
             other => Err(unexpected(other)),
@@ -751,6 +782,28 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_entries_are_cut_to_the_byte_budget() {
+        use openraft::{CommittedLeaderId, EntryPayload};
+        use proto::raft::{Entry, LogId, SessionCommand, SessionId};
+        let entry = |index: u64, bytes: usize| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(SessionCommand::Create {
+                id: SessionId::from_bytes([index as u8; 16]),
+                data: "x".repeat(bytes),
+                ttl_ms: 1,
+                now_ms: 1,
+            }),
+        };
+        let small: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(entries_that_fit(&small, 10_000), None);
+        let large: Vec<Entry> = (1..=10).map(|i| entry(i, 3_000)).collect();
+        assert_eq!(entries_that_fit(&large, 10_000), Some(3));
+        // One entry larger than the budget still goes, alone.
+        assert_eq!(entries_that_fit(&large[..1], 10), None);
+        assert_eq!(entries_that_fit(&large[..2], 10), Some(1));
+    }
     use crate::security::ClusterKey;
 
     struct Answer;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::batch::{Attempt, WriteQueue};
 use super::network::{Network, PeerClient, PeerHandler};
 use super::state_machine::SessionReader;
 use super::{RaftStorageError, open_storage};
@@ -32,11 +33,12 @@ const NODE_ID_FILE: &str = "node-id";
 /// How long a write or a read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
-const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
-/// Entries between snapshots.
-const SNAPSHOT_EVERY: u64 = 5_000;
-/// Entries kept in the log behind a snapshot, so briefly absent followers catch up from the log.
-const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
+pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
+/// At most this many entries are kept in the log behind a snapshot, so briefly absent followers
+/// catch up from the log (fewer with a small `snapshot-every`: a tenth of it).
+const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
+/// How often the snapshot policy (`<raft snapshot-every>`, counted in writes) is checked.
+const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// How often the leader looks for expired sessions, and how many it expires per entry.
 const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 const EXPIRY_BATCH: usize = 1_000;
@@ -82,6 +84,7 @@ pub struct Replica {
     id: NodeId,
     reader: SessionReader,
     client: PeerClient,
+    writes: WriteQueue,
     touches: Mutex<HashMap<SessionId, u64>>,
     expired_total: AtomicU64,
     created_total: AtomicU64,
@@ -175,8 +178,11 @@ impl Replica {
             heartbeat_interval: raft_config.heartbeat.as_millis() as u64,
             election_timeout_min: election_ms,
             election_timeout_max: election_ms + election_ms / 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            // Snapshots are triggered by writes applied (see `take_snapshots`): an entry can hold a
+            // whole batch. Counting entries too is a backstop; each holds at least one write.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(raft_config.snapshot_every),
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT
+                .min(raft_config.snapshot_every / 10),
             max_payload_entries: 1_000,
             ..Default::default()
         }
@@ -201,11 +207,13 @@ impl Replica {
         )
         .await
         .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let (writes, write_queue) = super::batch::queue();
         let replica = Arc::new(Replica {
             raft,
             id,
             reader,
             client,
+            writes,
             touches: Mutex::new(HashMap::new()),
             expired_total: AtomicU64::new(0),
             created_total: AtomicU64::new(0),
@@ -227,6 +235,12 @@ impl Replica {
             tasks.clone(),
         ));
         membership.set_raft(id, pristine).await;
+        tasks.spawn(super::batch::run(
+            replica.clone(),
+            write_queue,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
 
         tasks.spawn(bootstrap(
             replica.clone(),
@@ -249,6 +263,11 @@ impl Replica {
             shutdown.clone(),
         ));
         tasks.spawn(expire_sessions(replica.clone(), shutdown.clone()));
+        tasks.spawn(take_snapshots(
+            replica.clone(),
+            config.cluster.raft.snapshot_every,
+            shutdown.clone(),
+        ));
         tasks.spawn(flush_touches(replica.clone(), shutdown));
         Ok(replica)
     }
@@ -320,6 +339,7 @@ impl Replica {
 
     /// Commits a command through the leader (forwarding if needed). A read after it, on any node, sees
     /// it: reads wait for the leader's commit index first (see [`Replica::linearizable_barrier`]).
+    /// Writes made at the same time share one log entry (see [`super::batch`]).
     pub async fn write(
         &self,
         command: SessionCommand,
@@ -330,60 +350,18 @@ impl Replica {
         // own earlier success as that success (see `reconcile`).
         let mut uncertain: Option<String> = None;
         loop {
-            let mut local = command.clone();
-            local.stamp(now_ms());
-            let leader = match self.raft.client_write(local).await {
-                Ok(written) => {
-                    let response = self.reconcile(&command, written.data, &uncertain).await;
+            match self.writes.attempt(command.clone()).await {
+                Attempt::Done(log_id, response) => {
+                    let response = self.reconcile(&command, response, &uncertain).await;
                     self.count_write(&response);
-                    return Ok((written.log_id, response));
+                    return Ok((log_id, response));
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
-                Err(RaftError::APIError(other)) => {
-                    return Err(ConsensusError::Unknown(other.to_string()));
-                }
-                Err(RaftError::Fatal(fatal)) => {
-                    return Err(ConsensusError::Stopped(fatal.to_string()));
-                }
-            };
-            if let Some(addr) = leader_addr(&leader) {
-                match self
-                    .client
-                    .call(
-                        addr,
-                        &PeerRequest::ClientWrite(command.clone()),
-                        FORWARD_TIMEOUT,
-                    )
-                    .await
-                {
-                    // No wait for the local apply: every read goes through the read barrier, which
-                    // waits for this index anyway, and waiting here would cost a commit round trip.
-                    Ok(PeerResponse::ClientWrite { log_id, response }) => {
-                        let response = self.reconcile(&command, response, &uncertain).await;
-                        self.count_write(&response);
-                        return Ok((log_id, response));
-                    }
-                    Ok(PeerResponse::ForwardToLeader { .. }) => {}
-                    Ok(PeerResponse::Error(text)) => {
-                        debug!(error = %text, "forwarded write failed at the leader; retrying");
-                        uncertain = Some(text);
-                    }
-                    Ok(other) => {
-                        return Err(ConsensusError::Unknown(format!(
-                            "unexpected answer to a forwarded write: {other:?}"
-                        )));
-                    }
-                    // Nothing was sent: safe to try again once a leader is known.
-                    Err(err) if err.is_unreachable() => {
-                        debug!(error = %err, "leader unreachable; retrying");
-                        self.client.forget(addr);
-                    }
-                    Err(err) => {
-                        debug!(error = %err, "forwarded write got no answer; retrying on the leader");
-                        self.client.forget(addr);
-                        uncertain = Some(err.to_string());
+                Attempt::Retry { uncertain: reason } => {
+                    if reason.is_some() {
+                        uncertain = reason;
                     }
                 }
+                Attempt::Failed(err) => return Err(err),
             }
             if Instant::now() >= deadline {
                 return Err(match uncertain {
@@ -393,6 +371,16 @@ impl Replica {
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
+    }
+
+    /// The Raft handle.
+    pub(super) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The pooled connections to peers.
+    pub(super) fn peer_client(&self) -> &PeerClient {
+        &self.client
     }
 
     /// After an attempt of unknown outcome, a retry that finds the session exactly as this command
@@ -500,7 +488,7 @@ impl Replica {
     }
 }
 
-fn leader_addr(forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
+pub(super) fn leader_addr(forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
     forward
         .leader_node
         .as_ref()
@@ -872,6 +860,42 @@ async fn flush_touches(replica: Arc<Replica>, shutdown: CancellationToken) {
         }
         if let Err(err) = replica.write(SessionCommand::Touch { touches }).await {
             debug!(error = %err, "access-time flush failed; sessions keep their older access time");
+        }
+    }
+}
+
+/// Every node compacts its own log: once `every` session writes were applied since the latest
+/// snapshot, it builds a new one (openraft then purges the log behind it).
+async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pending = replica.reader.writes_since_snapshot();
+        if pending < every {
+            continue;
+        }
+        // Tests watch for this line to act while the snapshot is being built.
+        info!(
+            writes = pending,
+            "snapshot due: building a session snapshot"
+        );
+        let mark = replica.reader.snapshot_mark();
+        if let Err(err) = replica.raft.trigger().snapshot().await {
+            warn!(error = %err, "cannot trigger a snapshot");
+            return;
+        }
+        // The builder moves the mark when it copies the state; until then, do not ask again.
+        let asked_at = Instant::now();
+        while replica.reader.snapshot_mark() == mark && asked_at.elapsed() < Duration::from_secs(30)
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
         }
     }
 }

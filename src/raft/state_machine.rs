@@ -74,6 +74,12 @@ struct Shared {
     snapshot_io: Mutex<()>,
     snapshot_seq: AtomicU64,
     expired_tx: broadcast::Sender<ExpiredEvent>,
+    /// Session writes applied since the process started (a batch counts each of its commands).
+    writes_applied: AtomicU64,
+    /// `writes_applied` when the latest snapshot was taken or installed.
+    writes_at_snapshot: AtomicU64,
+    /// Snapshots taken or installed since the process started.
+    snapshot_marks: AtomicU64,
 }
 
 /// The applied state: sessions plus what openraft needs to know about the applied log.
@@ -230,7 +236,26 @@ impl SessionState {
                 }
                 CommandResponse::Imported { count, skipped }
             }
+            SessionCommand::Batch(commands) => CommandResponse::Batch(
+                commands
+                    .into_iter()
+                    .map(|command| self.apply_command(command))
+                    .collect(),
+            ),
         }
+    }
+}
+
+/// The session ids an applied entry expired, including those expired inside a batch.
+fn expired_ids(response: &CommandResponse, into: &mut Vec<SessionId>) {
+    match response {
+        CommandResponse::Expired { ids } => into.extend_from_slice(ids),
+        CommandResponse::Batch(responses) => {
+            for response in responses {
+                expired_ids(response, into);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -369,6 +394,9 @@ impl SessionStateMachine {
                 snapshot_io: Mutex::new(()),
                 snapshot_seq: AtomicU64::new(0),
                 expired_tx,
+                writes_applied: AtomicU64::new(0),
+                writes_at_snapshot: AtomicU64::new(0),
+                snapshot_marks: AtomicU64::new(0),
             }),
         })
     }
@@ -445,6 +473,18 @@ impl SessionReader {
         self.shared.read().last_applied.map(|id| id.index)
     }
 
+    /// Session writes applied since the latest snapshot was taken or installed (a batch counts
+    /// each of its commands); what the snapshot policy looks at.
+    pub fn writes_since_snapshot(&self) -> u64 {
+        let applied = self.shared.writes_applied.load(Ordering::Relaxed);
+        applied.saturating_sub(self.shared.writes_at_snapshot.load(Ordering::Relaxed))
+    }
+
+    /// Changes each time a snapshot is taken or installed.
+    pub fn snapshot_mark(&self) -> u64 {
+        self.shared.snapshot_marks.load(Ordering::Relaxed)
+    }
+
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId> {
         self.shared.read().last_applied
@@ -497,7 +537,16 @@ fn snapshot_error(meta: Option<&SnapshotMeta>, reason: impl ToString) -> Storage
 impl RaftSnapshotBuilder<TypeConfig> for SessionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         // Point-in-time copy: O(1) for the persistent maps; the lock is released at once.
-        let state = self.shared.read().clone();
+        let state = {
+            let state = self.shared.read();
+            // Read under the lock, which `apply` holds while it counts.
+            let writes = self.shared.writes_applied.load(Ordering::Relaxed);
+            self.shared
+                .writes_at_snapshot
+                .store(writes, Ordering::Relaxed);
+            self.shared.snapshot_marks.fetch_add(1, Ordering::Relaxed);
+            state.clone()
+        };
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match state.last_applied {
             Some(id) => format!(
@@ -561,19 +610,28 @@ impl RaftStateMachine<TypeConfig> for SessionStateMachine {
                 state.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::Internal,
-                    EntryPayload::Normal(command) => state.apply_command(command),
+                    EntryPayload::Normal(command) => {
+                        let writes = match &command {
+                            SessionCommand::Batch(commands) => commands.len() as u64,
+                            _ => 1,
+                        };
+                        self.shared
+                            .writes_applied
+                            .fetch_add(writes, Ordering::Relaxed);
+                        state.apply_command(command)
+                    }
                     EntryPayload::Membership(membership) => {
                         state.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         CommandResponse::Internal
                     }
                 };
-                if let CommandResponse::Expired { ids } = &response
-                    && !ids.is_empty()
-                {
+                let mut ids = Vec::new();
+                expired_ids(&response, &mut ids);
+                if !ids.is_empty() {
                     events.push(ExpiredEvent {
                         log_index: entry.log_id.index,
-                        ids: ids.clone(),
+                        ids,
                     });
                 }
                 responses.push(response);
@@ -629,6 +687,11 @@ impl RaftStateMachine<TypeConfig> for SessionStateMachine {
         .and_then(|result| result)
         .map_err(|reason| snapshot_error(Some(meta), reason))?;
         *self.shared.write() = new_state;
+        let writes = self.shared.writes_applied.load(Ordering::Relaxed);
+        self.shared
+            .writes_at_snapshot
+            .store(writes, Ordering::Relaxed);
+        self.shared.snapshot_marks.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed session snapshot");
         Ok(())
     }

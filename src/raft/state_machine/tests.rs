@@ -230,6 +230,51 @@ async fn expire_uses_the_command_clock_and_is_deterministic() {
     assert!(receiver.try_recv().is_err());
 }
 
+/// One `Batch` entry answers and changes exactly what its commands do as separate entries, and an
+/// expiry inside a batch raises the expiry event at the batch's index.
+#[tokio::test]
+async fn a_batch_is_the_same_as_its_commands_one_by_one() {
+    let commands = vec![
+        create(1, 100, T0),
+        create(1, 100, T0),
+        put(1, r#"{"n":2}"#, Some(1), T0 + 1),
+        put(1, r#"{"n":3}"#, Some(1), T0 + 2),
+        create(2, 50, T0),
+        SessionCommand::Delete { id: sid(3) },
+        SessionCommand::Expire {
+            ids: vec![sid(2)],
+            now_ms: T0 + 60,
+        },
+    ];
+    let mut one_by_one = Harness::new();
+    let mut separate = Vec::new();
+    for command in commands.clone() {
+        separate.push(one_by_one.run(command).await);
+    }
+    let mut batched = Harness::new();
+    let mut receiver = batched.sm.reader().subscribe_expired();
+    let answer = batched.run(SessionCommand::Batch(commands)).await;
+    assert_eq!(answer, CommandResponse::Batch(separate.clone()));
+    assert!(matches!(separate[1], CommandResponse::AlreadyExists));
+    assert!(matches!(
+        separate[3],
+        CommandResponse::VersionMismatch { current: 2 }
+    ));
+    assert_eq!(
+        one_by_one.sm.reader().digest(),
+        batched.sm.reader().digest()
+    );
+    assert_eq!(
+        receiver
+            .try_recv()
+            .expect("expiry event from inside the batch"),
+        ExpiredEvent {
+            log_index: 1,
+            ids: vec![sid(2)]
+        }
+    );
+}
+
 #[tokio::test]
 async fn digest_ignores_order_but_not_content() {
     let mut a = Harness::new();

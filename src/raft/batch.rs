@@ -1,0 +1,319 @@
+//! Group commit: writes that arrive while earlier ones are being committed are proposed together,
+//! as one [`SessionCommand::Batch`] log entry.
+//!
+//! openraft 0.9 appends each client write as its own log entry and waits for that append's fsync
+//! before it looks at the next one, so one entry per write caps a node at roughly one write per
+//! fsync round. Here every write goes through one queue; a task takes everything waiting (up to
+//! [`MAX_BATCH_COMMANDS`] commands or [`MAX_BATCH_BYTES`] of session data), proposes it as one entry
+//! and hands each caller its own answer. Under load a batch holds whatever queued up during the
+//! previous commit, so the cost of an fsync and of a replication round is shared; a lone write is
+//! proposed alone at once, as before. Up to [`MAX_BATCHES_IN_FLIGHT`] batches are committed at
+//! the same time.
+//!
+//! On a follower the batch is forwarded to the leader as one request. A batch either commits
+//! whole or not at all, and every command in it gets the answer it would have got alone: the state
+//! machine applies the commands in order, exactly as separate entries.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use proto::raft::{CommandResponse, LogId, PeerRequest, PeerResponse, SessionCommand};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::replica::{ConsensusError, FORWARD_TIMEOUT, Replica, leader_addr};
+use crate::events::now_ms;
+
+/// Most commands in one batch.
+pub const MAX_BATCH_COMMANDS: usize = 512;
+/// A batch is closed once its commands hold this much session data (a single larger command
+/// still goes, alone).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Batches being committed at the same time.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Writes waiting to be batched before callers wait to queue theirs.
+const QUEUE_CAPACITY: usize = 8 * MAX_BATCH_COMMANDS;
+
+/// The outcome of one attempt to commit a command.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Committed at this log index, with this answer.
+    Done(LogId, CommandResponse),
+    /// Not committed, or not known to be: try again once a leader is known. `uncertain` says why
+    /// the command may have been applied without our hearing the answer.
+    Retry {
+        /// Set when the leader may have applied the command.
+        uncertain: Option<String>,
+    },
+    /// Give up.
+    Failed(ConsensusError),
+}
+
+/// A write waiting for its batch.
+struct Pending {
+    command: SessionCommand,
+    reply: oneshot::Sender<Attempt>,
+}
+
+/// The queue in front of Raft; cheap to clone.
+#[derive(Clone)]
+pub struct WriteQueue {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// The receiving end, handed to [`run`].
+pub struct WriteQueueReceiver {
+    rx: mpsc::Receiver<Pending>,
+}
+
+/// A new, empty queue.
+pub fn queue() -> (WriteQueue, WriteQueueReceiver) {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    (WriteQueue { tx }, WriteQueueReceiver { rx })
+}
+
+impl WriteQueue {
+    /// One attempt to commit `command`, in whatever batch it lands in.
+    pub async fn attempt(&self, command: SessionCommand) -> Attempt {
+        let stopped =
+            || Attempt::Failed(ConsensusError::Stopped("write queue stopped".to_string()));
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Pending { command, reply }).await.is_err() {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
+    }
+}
+
+/// Takes batches off the queue and commits them until `shutdown`.
+pub async fn run(
+    replica: Arc<Replica>,
+    mut queue: WriteQueueReceiver,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    // A write that did not fit in the previous batch opens the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                pending = queue.rx.recv() => match pending {
+                    Some(pending) => pending,
+                    None => return,
+                },
+            },
+        };
+        // Waiting for a free slot is what lets the next batch grow.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.command.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = queue.rx.try_recv() else {
+                break;
+            };
+            let size = next.command.approx_bytes();
+            if bytes + size > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += size;
+            batch.push(next);
+        }
+        let replica = replica.clone();
+        tasks.spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|pending| (pending.command, pending.reply))
+                .unzip();
+            let outcomes = commit(&replica, commands).await;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // The caller may have given up meanwhile; its command was still proposed.
+                let _ = reply.send(outcome);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Proposes `commands` as one entry here, or forwards them to the leader; one outcome per command.
+async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt> {
+    let count = commands.len();
+    let proposal = if count == 1 {
+        commands
+            .into_iter()
+            .next()
+            .unwrap_or(SessionCommand::Batch(Vec::new()))
+    } else {
+        SessionCommand::Batch(commands)
+    };
+    let mut local = proposal.clone();
+    // The leader stamps each write with its own clock just before proposing it.
+    local.stamp(now_ms());
+    let forward = match replica.raft().client_write(local).await {
+        Ok(written) => return split(count, written.log_id, written.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
+        Err(RaftError::APIError(other)) => {
+            let reason = other.to_string();
+            return every(count, || {
+                Attempt::Failed(ConsensusError::Unknown(reason.clone()))
+            });
+        }
+        Err(RaftError::Fatal(fatal)) => {
+            let reason = fatal.to_string();
+            return every(count, || {
+                Attempt::Failed(ConsensusError::Stopped(reason.clone()))
+            });
+        }
+    };
+    let Some(addr) = leader_addr(&forward) else {
+        return every(count, || Attempt::Retry { uncertain: None });
+    };
+    let client = replica.peer_client();
+    let uncertain = match client
+        .call(addr, &PeerRequest::ClientWrite(proposal), FORWARD_TIMEOUT)
+        .await
+    {
+        // No wait for the local apply: every read goes through the read barrier, which waits for
+        // this index anyway, and waiting here would cost a commit round trip.
+        Ok(PeerResponse::ClientWrite { log_id, response }) => {
+            return split(count, log_id, response);
+        }
+        // Leadership moved on: nothing was applied.
+        Ok(PeerResponse::ForwardToLeader { .. }) => None,
+        Ok(PeerResponse::Error(text)) => {
+            debug!(error = %text, "forwarded write failed at the leader; retrying");
+            Some(text)
+        }
+        Ok(other) => {
+            let reason = format!("unexpected answer to a forwarded write: {other:?}");
+            return every(count, || {
+                Attempt::Failed(ConsensusError::Unknown(reason.clone()))
+            });
+        }
+        // Nothing was sent: safe to try again once a leader is known.
+        Err(err) if err.is_unreachable() => {
+            debug!(error = %err, "leader unreachable; retrying");
+            client.forget(addr);
+            None
+        }
+        Err(err) => {
+            debug!(error = %err, "forwarded write got no answer; retrying on the leader");
+            client.forget(addr);
+            Some(err.to_string())
+        }
+    };
+    every(count, || Attempt::Retry {
+        uncertain: uncertain.clone(),
+    })
+}
+
+/// One `Done` per command: the answer itself for a lone command, the batch's answers otherwise.
+fn split(count: usize, log_id: LogId, response: CommandResponse) -> Vec<Attempt> {
+    if count == 1 {
+        return vec![Attempt::Done(log_id, response)];
+    }
+    match response {
+        CommandResponse::Batch(responses) if responses.len() == count => responses
+            .into_iter()
+            .map(|response| Attempt::Done(log_id, response))
+            .collect(),
+        other => {
+            let reason = format!("a batch of {count} writes was answered with {other:?}");
+            every(count, || {
+                Attempt::Failed(ConsensusError::Unknown(reason.clone()))
+            })
+        }
+    }
+}
+
+fn every(count: usize, outcome: impl Fn() -> Attempt) -> Vec<Attempt> {
+    (0..count).map(|_| outcome()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+    use proto::raft::SessionId;
+
+    use super::*;
+
+    fn log_id() -> LogId {
+        LogId::new(CommittedLeaderId::new(3, 1), 42)
+    }
+
+    #[test]
+    fn a_batch_answer_is_handed_out_in_command_order() {
+        let outcomes = split(
+            2,
+            log_id(),
+            CommandResponse::Batch(vec![CommandResponse::Deleted, CommandResponse::NotFound]),
+        );
+        assert!(matches!(
+            outcomes.as_slice(),
+            [
+                Attempt::Done(_, CommandResponse::Deleted),
+                Attempt::Done(_, CommandResponse::NotFound)
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_lone_command_gets_its_answer_unwrapped() {
+        let outcomes = split(1, log_id(), CommandResponse::Deleted);
+        assert!(matches!(
+            outcomes.as_slice(),
+            [Attempt::Done(id, CommandResponse::Deleted)] if id.index == 42
+        ));
+    }
+
+    #[test]
+    fn a_batch_answer_of_the_wrong_shape_fails_every_command() {
+        let outcomes = split(
+            3,
+            log_id(),
+            CommandResponse::Batch(vec![CommandResponse::Deleted]),
+        );
+        assert_eq!(outcomes.len(), 3);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Attempt::Failed(ConsensusError::Unknown(_))))
+        );
+    }
+
+    #[test]
+    fn stamping_a_batch_stamps_every_command_in_it() {
+        let id = SessionId::from_bytes([1; 16]);
+        let mut batch = SessionCommand::Batch(vec![
+            SessionCommand::Create {
+                id,
+                data: "{}".into(),
+                ttl_ms: 5,
+                now_ms: 1,
+            },
+            SessionCommand::Touch {
+                touches: vec![(id, 2)],
+            },
+        ]);
+        batch.stamp(77);
+        let SessionCommand::Batch(commands) = batch else {
+            unreachable!()
+        };
+        assert!(matches!(
+            commands[0],
+            SessionCommand::Create { now_ms: 77, .. }
+        ));
+        assert!(matches!(&commands[1], SessionCommand::Touch { touches } if touches[0].1 == 77));
+    }
+}
