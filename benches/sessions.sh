@@ -107,13 +107,13 @@ bin=$work/micro-tomcat
 
 # ---------------------------------------------------------------- micro-tomcat cluster
 # The repository's cluster-config.xml with other ports and the data under the run folder.
-# Timings are the defaults of that file (gossip 150 ms, Raft heartbeat 100 ms, election 600 ms).
+# Timings are the shipped defaults (gossip 150 ms, Raft heartbeat 50 ms, election timeout 350 ms).
 mt_config=$work/cluster-config.xml
 cat >"$mt_config" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <cluster id="bench">
   <gossip interval-ms="150" phi-threshold="8" dead-after-ms="5000"/>
-  <raft data-dir="$work/mt-data" voters="3" heartbeat-ms="100" election-timeout-ms="600"/>
+  <raft data-dir="$work/mt-data" voters="3"/>
   <sessions ttl-seconds="1800" cookie="MTSESSIONID" max-bytes="1048576"/>
   <balancer strategy="consistent-hash" key="session" retries="2"/>
   <nodes>

@@ -196,6 +196,13 @@ pub async fn buffer_for_retry(
         return Ok(PreparedRequest::Streaming(request));
     }
     let (parts, body) = request.into_parts();
+    // Nothing to read (a GET, say): no buffering at all.
+    if body.is_end_stream() {
+        return Ok(PreparedRequest::Replayable(ReplayableRequest {
+            parts,
+            body: Bytes::new(),
+        }));
+    }
     // Limited guards against a body that sends more than its declared length.
     let body = Limited::new(body, limit)
         .collect()
@@ -210,6 +217,13 @@ pub async fn buffer_for_retry(
 
 type PoolClient = Client<HttpConnector, Body>;
 
+/// The pooled client of one member and the authority its requests are addressed to.
+struct Member {
+    client: PoolClient,
+    addr: SocketAddr,
+    authority: Authority,
+}
+
 /// Failure bookkeeping for one member.
 #[derive(Debug, Default)]
 struct Health {
@@ -222,7 +236,7 @@ pub struct Proxy {
     self_name: String,
     hop_value: HeaderValue,
     settings: ProxySettings,
-    clients: Mutex<HashMap<String, PoolClient>>,
+    clients: Mutex<HashMap<String, Member>>,
     health: Mutex<HashMap<String, Health>>,
 }
 
@@ -269,11 +283,11 @@ impl Proxy {
         client_ip: IpAddr,
     ) -> Result<Response, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        parts.uri =
-            member_uri(target.http_addr, &parts.uri).map_err(|source| ProxyError::InvalidUri {
-                target: target.name.clone(),
-                source,
-            })?;
+        let (client, authority) = self.member(target);
+        parts.uri = member_uri(authority, &parts.uri).map_err(|source| ProxyError::InvalidUri {
+            target: target.name.clone(),
+            source,
+        })?;
         // The pool speaks HTTP/1.1 whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         remove_hop_by_hop(&mut parts.headers);
@@ -296,7 +310,6 @@ impl Proxy {
             client_failed: Arc::clone(&client_failed),
         });
 
-        let client = self.client(&target.name);
         let exchange = client.request(Request::from_parts(parts, body));
         let outcome = tokio::time::timeout(self.settings.response_timeout, exchange).await;
         let error = match outcome {
@@ -379,20 +392,34 @@ impl Proxy {
             .is_some_and(|until| until > now)
     }
 
-    /// The pooled client for member `name`, created on first use.
-    fn client(&self, name: &str) -> PoolClient {
-        lock(&self.clients)
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(self.settings.connect_timeout));
-                connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .build(connector)
-            })
-            .clone()
+    /// The pooled client for `target` and its authority, created on first use (and again if the
+    /// member now serves at another address).
+    fn member(&self, target: &Target) -> (PoolClient, Authority) {
+        let mut clients = lock(&self.clients);
+        if let Some(member) = clients.get(&target.name)
+            && member.addr == target.http_addr
+        {
+            return (member.client.clone(), member.authority.clone());
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        // A socket address always makes a valid authority.
+        let authority = Authority::try_from(target.http_addr.to_string())
+            .unwrap_or_else(|_| Authority::from_static("invalid"));
+        clients.insert(
+            target.name.clone(),
+            Member {
+                client: client.clone(),
+                addr: target.http_addr,
+                authority: authority.clone(),
+            },
+        );
+        (client, authority)
     }
 }
 
@@ -438,11 +465,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// `uri`'s path and query, addressed to the member at `addr`.
-fn member_uri(addr: SocketAddr, uri: &Uri) -> Result<Uri, axum::http::uri::InvalidUriParts> {
+/// `uri`'s path and query, addressed to the member at `authority`.
+fn member_uri(authority: Authority, uri: &Uri) -> Result<Uri, axum::http::uri::InvalidUriParts> {
     let mut parts = axum::http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Authority::try_from(addr.to_string()).ok();
+    parts.authority = Some(authority);
     parts.path_and_query = Some(
         uri.path_and_query()
             .cloned()
@@ -1006,11 +1033,17 @@ mod tests {
 
     #[test]
     fn member_uri_keeps_path_and_query() {
+        let authority =
+            |addr: SocketAddr| Authority::try_from(addr.to_string()).expect("authority");
         let addr = SocketAddr::from(([127, 0, 0, 1], 8082));
-        let uri = member_uri(addr, &Uri::from_static("http://entry:8080/a/b?c=d")).expect("uri");
+        let uri = member_uri(
+            authority(addr),
+            &Uri::from_static("http://entry:8080/a/b?c=d"),
+        )
+        .expect("uri");
         assert_eq!(uri, "http://127.0.0.1:8082/a/b?c=d");
         let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9000));
-        let uri = member_uri(v6, &Uri::from_static("/")).expect("uri");
+        let uri = member_uri(authority(v6), &Uri::from_static("/")).expect("uri");
         assert_eq!(uri, "http://[::1]:9000/");
     }
 }

@@ -258,6 +258,9 @@ impl Routing {
             .counters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(counters) = counters.get(name) {
+            return counters.clone();
+        }
         counters.entry(name.to_string()).or_default().clone()
     }
 

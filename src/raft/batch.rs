@@ -8,7 +8,8 @@
 //! and hands each caller its own answer. Under load a batch holds whatever queued up during the
 //! previous commit, so the cost of an fsync and of a replication round is shared; a lone write is
 //! proposed alone at once, as before. Up to [`MAX_BATCHES_IN_FLIGHT`] batches are committed at
-//! the same time.
+//! the same time. A write that finds nothing queued and nothing being committed is proposed at
+//! once by its own task.
 //!
 //! On a follower the batch is forwarded to the leader as one request. A batch either commits
 //! whole or not at all, and every command in it gets the answer it would have got alone: the state
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::replica::{ConsensusError, FORWARD_TIMEOUT, Replica, leader_addr};
+use super::replica::{ConsensusError, FORWARD_TIMEOUT, Replica};
 use crate::events::now_ms;
 
 /// Most commands in one batch.
@@ -61,24 +62,43 @@ struct Pending {
 #[derive(Clone)]
 pub struct WriteQueue {
     tx: mpsc::Sender<Pending>,
+    in_flight: Arc<Semaphore>,
 }
 
 /// The receiving end, handed to [`run`].
 pub struct WriteQueueReceiver {
     rx: mpsc::Receiver<Pending>,
+    in_flight: Arc<Semaphore>,
 }
 
 /// A new, empty queue.
 pub fn queue() -> (WriteQueue, WriteQueueReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    (WriteQueue { tx }, WriteQueueReceiver { rx })
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    (
+        WriteQueue {
+            tx,
+            in_flight: in_flight.clone(),
+        },
+        WriteQueueReceiver { rx, in_flight },
+    )
 }
 
 impl WriteQueue {
     /// One attempt to commit `command`, in whatever batch it lands in.
-    pub async fn attempt(&self, command: SessionCommand) -> Attempt {
+    pub async fn attempt(&self, replica: &Replica, command: SessionCommand) -> Attempt {
         let stopped =
             || Attempt::Failed(ConsensusError::Stopped("write queue stopped".to_string()));
+        // Nothing queued and nothing being committed: a batch of one, proposed from this task at
+        // once, which saves the hand-offs to the batching task when writes are few.
+        if self.tx.capacity() == self.tx.max_capacity()
+            && self.in_flight.available_permits() == MAX_BATCHES_IN_FLIGHT
+            && let Ok(permit) = self.in_flight.clone().try_acquire_owned()
+        {
+            let outcome = commit(replica, vec![command]).await.pop();
+            drop(permit);
+            return outcome.unwrap_or_else(stopped);
+        }
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Pending { command, reply }).await.is_err() {
             return stopped();
@@ -94,7 +114,7 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let in_flight = queue.in_flight.clone();
     // A write that did not fit in the previous batch opens the next one.
     let mut carried: Option<Pending> = None;
     loop {
@@ -157,27 +177,31 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
     } else {
         SessionCommand::Batch(commands)
     };
-    let mut local = proposal.clone();
-    // The leader stamps each write with its own clock just before proposing it.
-    local.stamp(now_ms());
-    let forward = match replica.raft().client_write(local).await {
-        Ok(written) => return split(count, written.log_id, written.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward,
-        Err(RaftError::APIError(other)) => {
-            let reason = other.to_string();
-            return every(count, || {
-                Attempt::Failed(ConsensusError::Unknown(reason.clone()))
-            });
-        }
-        Err(RaftError::Fatal(fatal)) => {
-            let reason = fatal.to_string();
-            return every(count, || {
-                Attempt::Failed(ConsensusError::Stopped(reason.clone()))
-            });
-        }
-    };
-    let Some(addr) = leader_addr(&forward) else {
-        return every(count, || Attempt::Retry { uncertain: None });
+    // A follower that knows the leader sends the batch there at once; otherwise Raft itself says
+    // whether this node leads. The batch is not copied for that: when Raft answers "not the
+    // leader", nothing was applied, and the caller's next attempt is forwarded.
+    let Some(addr) = replica.known_leader_elsewhere() else {
+        let mut local = proposal;
+        // The leader stamps each write with its own clock just before proposing it.
+        local.stamp(now_ms());
+        return match replica.raft().client_write(local).await {
+            Ok(written) => split(count, written.log_id, written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                every(count, || Attempt::Retry { uncertain: None })
+            }
+            Err(RaftError::APIError(other)) => {
+                let reason = other.to_string();
+                every(count, || {
+                    Attempt::Failed(ConsensusError::Unknown(reason.clone()))
+                })
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                let reason = fatal.to_string();
+                every(count, || {
+                    Attempt::Failed(ConsensusError::Stopped(reason.clone()))
+                })
+            }
+        };
     };
     let client = replica.peer_client();
     let uncertain = match client

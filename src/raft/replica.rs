@@ -350,7 +350,7 @@ impl Replica {
         // own earlier success as that success (see `reconcile`).
         let mut uncertain: Option<String> = None;
         loop {
-            match self.writes.attempt(command.clone()).await {
+            match self.writes.attempt(self, command.clone()).await {
                 Attempt::Done(log_id, response) => {
                     let response = self.reconcile(&command, response, &uncertain).await;
                     self.count_write(&response);
@@ -376,6 +376,18 @@ impl Replica {
     /// The Raft handle.
     pub(super) fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
+    }
+
+    /// The cluster address of the leader, when Raft knows one and it is another node.
+    pub(super) fn known_leader_elsewhere(&self) -> Option<SocketAddr> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader.filter(|leader| *leader != self.id)?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .and_then(|node| node.cluster_addr.parse().ok())
     }
 
     /// The pooled connections to peers.
