@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use proto::raft::{Backup, encode_backup_file};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::BackupConfig;
 use crate::events::{now_ms, rfc3339};
@@ -148,9 +148,9 @@ async fn write_periodically(context: NodeContext, shutdown: CancellationToken) {
         match due {
             Ok(false) => continue,
             Ok(true) => {}
+            // Writing will fail the same way and say so (once); try it.
             Err(err) => {
-                // Writing will fail the same way and say so; try it.
-                warn!(node = %me, dir = %settings.dir.display(), "cannot list the backup folder: {err}");
+                debug!(node = %me, dir = %settings.dir.display(), "cannot list the backup folder: {err}");
             }
         }
         let stats = context.metrics().backups();
