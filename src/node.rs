@@ -564,11 +564,11 @@ async fn serve(
     // Every request is measured (unless metrics are off) by one service around the whole router.
     let metrics = context.metrics();
     let app = Measured::new(app, metrics.enabled().then(|| metrics.http()));
-    // Alerts stop as soon as the node starts leaving, so its own shutdown raises none.
+    // Alerts and periodic backups stop as soon as the node starts leaving: its own shutdown raises no
+    // alert, and a leaving leader starts no backup. Both always start, whatever the file says: they
+    // read `<alerts>` and `<backup>` from the live configuration, so a reload can turn them on.
     let leaving = stop.child_token();
-    // Always started: the rules come from the live configuration, so a reload can add `<alerts>`.
     crate::alerts::start(context.clone(), &tasks, leaving.clone());
-    // Likewise for `<backup>`; stopped with the alerts, so a leaving node starts no backup.
     crate::backup::start(context.clone(), &tasks, leaving.clone());
     // Counted for `micro_tomcat_http_connections_open`. `tap_io` adds nothing but lets axum's
     // `ConnectInfo<SocketAddr>` work with a listener other than a bare `TcpListener`.

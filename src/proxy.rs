@@ -270,12 +270,10 @@ impl Proxy {
     /// Changes the connect timeout. A member's client keeps the timeout it was built with, so the
     /// pools are dropped (idle connections closed) when it changes; requests in flight are not touched.
     pub fn set_connect_timeout(&self, timeout: Duration) {
+        let wanted = nanos(timeout);
+        // Under the pools' lock, so no client is built with the old value after the clear.
         let mut clients = lock(&self.clients);
-        if self
-            .connect_timeout_nanos
-            .swap(nanos(timeout), Ordering::Relaxed)
-            != nanos(timeout)
-        {
+        if self.connect_timeout_nanos.swap(wanted, Ordering::Relaxed) != wanted {
             clients.clear();
         }
     }
@@ -468,12 +466,12 @@ impl hyper::body::Body for WatchedBody {
     }
 }
 
-/// Locks `mutex`; the maps it guards are valid after any panic, so poison is ignored.
 /// A timeout in nanoseconds, saturated (u64 nanoseconds last 584 years).
 fn nanos(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Locks `mutex`; the maps it guards are valid after any panic, so poison is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
