@@ -44,6 +44,9 @@ pub enum Command {
         /// Where to write the backup.
         #[arg(long)]
         out: PathBuf,
+        /// A file holding the admin token (else MICRO_TOMCAT_ADMIN_TOKEN, if set).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Load a backup's sessions into a running (typically new) cluster.
     Restore {
@@ -52,6 +55,9 @@ pub enum Command {
         /// Any node's HTTP base URL of the cluster to seed.
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         node: String,
+        /// A file holding the admin token (else MICRO_TOMCAT_ADMIN_TOKEN, if set).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Validate a config file and print its nodes; exit 0 when valid, 1 when not.
     CheckConfig {
@@ -113,9 +119,12 @@ pub struct NodeActionArgs {
     /// Any node's HTTP base URL.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub node: String,
+    /// A file holding the admin token (else MICRO_TOMCAT_ADMIN_TOKEN, if set).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
-/// Asks `node` to drain or undrain `name` (with `MICRO_TOMCAT_ADMIN_TOKEN` as bearer token when set);
+/// Asks `node` to drain or undrain `name` (with the admin token as bearer token, when given);
 /// returns the answer body.
 pub async fn node_action(args: &NodeActionArgs, action: &str) -> Result<String, StatusError> {
     let url = format!(
@@ -123,9 +132,7 @@ pub async fn node_action(args: &NodeActionArgs, action: &str) -> Result<String, 
         args.node.trim_end_matches('/'),
         args.name
     );
-    // With an admin token set on the nodes, the same variable gives it to the command.
-    let token = std::env::var(crate::security::ADMIN_TOKEN_ENV).ok();
-    let authorization = token.map(|token| format!("Bearer {}", token.trim()));
+    let authorization = authorization(args.token_file.as_deref())?;
     let headers: Vec<(&str, &str)> = authorization
         .iter()
         .map(|value| ("authorization", value.as_str()))
@@ -161,6 +168,9 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
     pub format: StatusFormat,
+    /// A file holding the admin token, sent along (reads need none today; scripts may pass it anyway).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Why `status` could not answer.
@@ -198,17 +208,43 @@ pub enum StatusError {
         /// What it said (truncated).
         body: String,
     },
+    /// The `--token-file` cannot be read or holds no valid token.
+    #[error(transparent)]
+    Token(#[from] crate::security::SecretError),
+}
+
+impl StatusError {
+    /// The exit code: 1 for a usage problem (a bad `--token-file`), 2 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StatusError::Token(_) => 1,
+            _ => 2,
+        }
+    }
 }
 
 /// Fetches `/cluster/status` from `node` and renders it in `format`.
-pub async fn status(node: &str, format: StatusFormat) -> Result<String, StatusError> {
+pub async fn status(args: &StatusArgs) -> Result<String, StatusError> {
+    let (node, format) = (args.node.as_str(), args.format);
     let base = node.trim_end_matches('/');
     let suffix = match format {
         StatusFormat::Xml => "?format=xml",
         StatusFormat::Table | StatusFormat::Json => "",
     };
     let url = format!("{base}/cluster/status{suffix}");
-    let body = http_get(&url).await?;
+    let authorization = authorization(args.token_file.as_deref())?;
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    let (status, body) = http_call(hyper::Method::GET, &url, &headers).await?;
+    if !status.is_success() {
+        return Err(StatusError::BadAnswer {
+            url,
+            status: status.as_u16(),
+            body: body.chars().take(200).collect(),
+        });
+    }
     match format {
         StatusFormat::Xml => Ok(body),
         StatusFormat::Json | StatusFormat::Table => {
@@ -303,9 +339,13 @@ pub async fn http_bytes(
 }
 
 /// Fetches a backup from `node` and writes it to `out` (atomically: a temporary file, then a rename).
-pub async fn backup(node: &str, out: &std::path::Path) -> Result<String, StatusError> {
+pub async fn backup(
+    node: &str,
+    out: &std::path::Path,
+    token_file: Option<&std::path::Path>,
+) -> Result<String, StatusError> {
     let url = format!("{}/cluster/backup", node.trim_end_matches('/'));
-    let token = admin_token();
+    let token = authorization(token_file)?;
     let headers: Vec<(&str, &str)> = token
         .as_deref()
         .map(|token| vec![("authorization", token)])
@@ -347,7 +387,12 @@ pub async fn backup(node: &str, out: &std::path::Path) -> Result<String, StatusE
 }
 
 /// Sends a backup file to `node`, which replays it into its cluster.
-pub async fn restore(node: &str, file: &std::path::Path) -> Result<String, StatusError> {
+pub async fn restore(
+    node: &str,
+    file: &std::path::Path,
+    token_file: Option<&std::path::Path>,
+) -> Result<String, StatusError> {
+    let token = authorization(token_file)?;
     let bytes = std::fs::read(file).map_err(|err| StatusError::Unreachable {
         url: file.display().to_string(),
         reason: format!("cannot read the backup: {err}"),
@@ -359,7 +404,6 @@ pub async fn restore(node: &str, file: &std::path::Path) -> Result<String, Statu
         });
     }
     let url = format!("{}/cluster/restore", node.trim_end_matches('/'));
-    let token = admin_token();
     let mut headers = vec![("content-type", "application/octet-stream")];
     if let Some(token) = token.as_deref() {
         headers.push(("authorization", token));
@@ -383,12 +427,18 @@ pub async fn restore(node: &str, file: &std::path::Path) -> Result<String, Statu
     Ok(text)
 }
 
-/// `Bearer <token>` from `MICRO_TOMCAT_ADMIN_TOKEN`, when set.
-fn admin_token() -> Option<String> {
-    std::env::var("MICRO_TOMCAT_ADMIN_TOKEN")
+/// `Bearer <token>` from `--token-file` when given, else from `MICRO_TOMCAT_ADMIN_TOKEN` when set
+/// (the same variable that gives a node its token).
+fn authorization(token_file: Option<&std::path::Path>) -> Result<Option<String>, StatusError> {
+    if let Some(path) = token_file {
+        let token = crate::security::admin_token_from_file(path)?;
+        return Ok(Some(format!("Bearer {token}")));
+    }
+    Ok(std::env::var(crate::security::ADMIN_TOKEN_ENV)
         .ok()
+        .map(|token| token.trim().to_string())
         .filter(|token| !token.is_empty())
-        .map(|token| format!("Bearer {token}"))
+        .map(|token| format!("Bearer {token}")))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

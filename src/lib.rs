@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod apps;
+pub mod backup;
 pub mod balancer;
 pub mod cli;
 pub mod config;

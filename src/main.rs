@@ -25,18 +25,30 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig { file } => match ClusterConfig::load(&file) {
-            Ok(config) => {
-                println!("{}: ok\n{}", file.display(), config.describe());
-                ExitCode::SUCCESS
+        Command::CheckConfig { file } => {
+            // The secrets are checked as `run` would load them: the environment over the files.
+            let checked = ClusterConfig::load(&file).and_then(|config| {
+                let secrets = config.check_secrets(|name| std::env::var_os(name))?;
+                Ok((config, secrets))
+            });
+            match checked {
+                Ok((config, secrets)) => {
+                    println!(
+                        "{}: ok\n{}\n{}",
+                        file.display(),
+                        config.describe(),
+                        secrets.describe()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::from(1)
+                }
             }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Status(args) => runtime(async move {
-            match micro_tomcat::cli::status(&args.node, args.format).await {
+            match micro_tomcat::cli::status(&args).await {
                 Ok(text) => {
                     print!("{text}");
                     if !text.ends_with('\n') {
@@ -46,16 +58,24 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("error: {err}");
-                    ExitCode::from(2)
+                    ExitCode::from(err.exit_code())
                 }
             }
         }),
-        Command::Backup { node, out } => {
-            runtime(async move { report(micro_tomcat::cli::backup(&node, &out).await) })
-        }
-        Command::Restore { file, node } => {
-            runtime(async move { report(micro_tomcat::cli::restore(&node, &file).await) })
-        }
+        Command::Backup {
+            node,
+            out,
+            token_file,
+        } => runtime(async move {
+            report(micro_tomcat::cli::backup(&node, &out, token_file.as_deref()).await)
+        }),
+        Command::Restore {
+            file,
+            node,
+            token_file,
+        } => runtime(async move {
+            report(micro_tomcat::cli::restore(&node, &file, token_file.as_deref()).await)
+        }),
         Command::Drain(args) => runtime(node_action(args, "drain")),
         Command::Undrain(args) => runtime(node_action(args, "undrain")),
         Command::Run(args) => {
@@ -80,7 +100,7 @@ async fn node_action(args: micro_tomcat::cli::NodeActionArgs, action: &'static s
         }
         Err(err) => {
             eprintln!("error: {err}");
-            ExitCode::from(2)
+            ExitCode::from(err.exit_code())
         }
     }
 }
@@ -93,7 +113,7 @@ fn report(result: Result<String, micro_tomcat::cli::StatusError>) -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err}");
-            ExitCode::from(2)
+            ExitCode::from(err.exit_code())
         }
     }
 }

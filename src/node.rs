@@ -185,6 +185,8 @@ impl NodeContext {
         status.balancer = Some(BalancerStatus {
             strategy: routing.strategy().as_str().to_string(),
             key: routing.key().as_str().to_string(),
+            connect_timeout_ms: routing.connect_timeout().as_millis() as u64,
+            response_timeout_ms: routing.response_timeout().as_millis() as u64,
             members: routing.members(),
             targets: routing.stats(),
         });
@@ -562,11 +564,12 @@ async fn serve(
     // Every request is measured (unless metrics are off) by one service around the whole router.
     let metrics = context.metrics();
     let app = Measured::new(app, metrics.enabled().then(|| metrics.http()));
-    // Alerts stop as soon as the node starts leaving, so its own shutdown raises none.
-    let alerts_stop = stop.child_token();
-    if let Some(alerts) = context.config().cluster.alerts.clone() {
-        crate::alerts::start(context.clone(), alerts, &tasks, alerts_stop.clone());
-    }
+    // Alerts and periodic backups stop as soon as the node starts leaving: its own shutdown raises no
+    // alert, and a leaving leader starts no backup. Both always start, whatever the file says: they
+    // read `<alerts>` and `<backup>` from the live configuration, so a reload can turn them on.
+    let leaving = stop.child_token();
+    crate::alerts::start(context.clone(), &tasks, leaving.clone());
+    crate::backup::start(context.clone(), &tasks, leaving.clone());
     // Counted for `micro_tomcat_http_connections_open`. `tap_io` adds nothing but lets axum's
     // `ConnectInfo<SocketAddr>` work with a listener other than a bare `TcpListener`.
     let http_listener = axum::serve::ListenerExt::tap_io(
@@ -612,7 +615,7 @@ async fn serve(
         .membership()
         .set_status(proto::gossip::NodeStatus::Leaving)
         .await;
-    alerts_stop.cancel();
+    leaving.cancel();
     http_stop.cancel();
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}

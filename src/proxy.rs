@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,10 +37,13 @@ use crate::balancer::Target;
 
 /// Set on proxied requests (value: the forwarding node): the receiver must serve locally, never proxy again.
 pub const HOP_HEADER: &str = "x-micro-tomcat-hop";
-/// How long opening a connection to a member may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a member may take to send response headers, counted from the start of the exchange.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long opening a connection to a member may take, unless `<balancer connect-timeout-ms>` says otherwise.
+pub const CONNECT_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_CONNECT_TIMEOUT_MS);
+/// How long a member may take to send response headers, counted from the start of the exchange,
+/// unless `<balancer response-timeout-ms>` says otherwise.
+pub const RESPONSE_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_RESPONSE_TIMEOUT_MS);
 /// Consecutive failures after which a member is ejected from balancing.
 pub const EJECT_AFTER_FAILURES: u32 = 3;
 /// How long an ejected member gets no work before it is tried again.
@@ -53,9 +56,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Timeouts and ejection policy; [`Default`] uses the constants above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxySettings {
-    /// How long opening a connection may take.
+    /// How long opening a connection may take (at first: [`Proxy::set_connect_timeout`] changes it).
     pub connect_timeout: Duration,
-    /// How long until the response headers arrive.
+    /// How long until the response headers arrive ([`Proxy::forward_within`] takes another).
     pub response_timeout: Duration,
     /// Consecutive failures that eject a member.
     pub eject_after_failures: u32,
@@ -236,6 +239,9 @@ pub struct Proxy {
     self_name: String,
     hop_value: HeaderValue,
     settings: ProxySettings,
+    /// The connect timeout of connections opened from now on, in nanoseconds; read only when a
+    /// member's client is created.
+    connect_timeout_nanos: AtomicU64,
     clients: Mutex<HashMap<String, Member>>,
     health: Mutex<HashMap<String, Health>>,
 }
@@ -262,6 +268,7 @@ impl Proxy {
             // Node names are validated config, but never trust them into a header blindly.
             hop_value: HeaderValue::from_str(self_name).unwrap_or(HeaderValue::from_static("1")),
             settings,
+            connect_timeout_nanos: AtomicU64::new(nanos(settings.connect_timeout)),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
         }
@@ -274,6 +281,22 @@ impl Proxy {
         lock(&self.health).remove(name);
     }
 
+    /// Changes the connect timeout. A member's client keeps the timeout it was built with, so the
+    /// pools are dropped (idle connections closed) when it changes; requests in flight are not touched.
+    pub fn set_connect_timeout(&self, timeout: Duration) {
+        let wanted = nanos(timeout);
+        // Under the pools' lock, so no client is built with the old value after the clear.
+        let mut clients = lock(&self.clients);
+        if self.connect_timeout_nanos.swap(wanted, Ordering::Relaxed) != wanted {
+            clients.clear();
+        }
+    }
+
+    /// The connect timeout of connections opened from now on.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_nanos(self.connect_timeout_nanos.load(Ordering::Relaxed))
+    }
+
     /// Sends `request` to `target` and returns its response, whose body streams from the member.
     /// Records the outcome for ejection; a failure of the client's own body is not held against the member.
     pub async fn forward(
@@ -281,6 +304,18 @@ impl Proxy {
         target: &Target,
         request: Request,
         client_ip: IpAddr,
+    ) -> Result<Response, ProxyError> {
+        self.forward_within(target, request, client_ip, self.settings.response_timeout)
+            .await
+    }
+
+    /// [`Proxy::forward`] with this response timeout (the caller's live setting).
+    pub async fn forward_within(
+        &self,
+        target: &Target,
+        request: Request,
+        client_ip: IpAddr,
+        response_timeout: Duration,
     ) -> Result<Response, ProxyError> {
         let (mut parts, body) = request.into_parts();
         let (client, authority) = self.member(target);
@@ -311,7 +346,7 @@ impl Proxy {
         });
 
         let exchange = client.request(Request::from_parts(parts, body));
-        let outcome = tokio::time::timeout(self.settings.response_timeout, exchange).await;
+        let outcome = tokio::time::timeout(response_timeout, exchange).await;
         let error = match outcome {
             Ok(Ok(response)) => {
                 self.record_success(&target.name);
@@ -402,7 +437,8 @@ impl Proxy {
             return (member.client.clone(), member.authority.clone());
         }
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.settings.connect_timeout));
+        let timeout = self.connect_timeout_nanos.load(Ordering::Relaxed);
+        connector.set_connect_timeout(Some(Duration::from_nanos(timeout)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -455,6 +491,11 @@ impl hyper::body::Body for WatchedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// A timeout in nanoseconds, saturated (u64 nanoseconds last 584 years).
+fn nanos(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Locks `mutex`; the maps it guards are valid after any panic, so poison is ignored.
@@ -900,6 +941,43 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(error.is_retryable(true));
         assert!(!error.is_retryable(false));
+    }
+
+    #[tokio::test]
+    async fn the_callers_response_timeout_wins_and_a_new_connect_timeout_reopens_pools() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket); // never answers
+            }
+        });
+        // The default is 30 s; the live setting passed in is what counts.
+        let proxy = Proxy::new("node-1");
+        let request = Request::builder()
+            .uri("/x")
+            .body(Body::empty())
+            .expect("request");
+        let error = proxy
+            .forward_within(
+                &target("node-2", addr),
+                request,
+                CLIENT,
+                Duration::from_millis(200),
+            )
+            .await
+            .expect_err("timeout");
+        assert!(matches!(error, ProxyError::Timeout { .. }), "{error:?}");
+        assert_eq!(lock(&proxy.clients).len(), 1);
+        proxy.set_connect_timeout(CONNECT_TIMEOUT);
+        assert_eq!(lock(&proxy.clients).len(), 1, "unchanged: pools kept");
+        proxy.set_connect_timeout(Duration::from_millis(250));
+        assert!(lock(&proxy.clients).is_empty(), "changed: pools reopened");
+        assert_eq!(
+            proxy.connect_timeout_nanos.load(Ordering::Relaxed),
+            250_000_000
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,9 @@
 //! Configuration reload (SIGHUP or `POST /cluster/config/reload`): tunables apply live, the rest waits
 //! for a restart, and an invalid file changes nothing.
+//!
+//! Live: `<balancer>` (strategy, key, retries, proxy timeouts, through `Routing::apply`), the session
+//! TTL, `<logging level>`, and the parts that read `LiveSettings::cluster` at each use: `<alerts>` (the
+//! evaluator, every interval) and `<backup>` (the periodic writer, every second).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
-use crate::config::ClusterConfig;
+use crate::config::{AlertCondition, AlertRule, AlertsConfig, BackupConfig, ClusterConfig};
 use crate::events::EventKind;
 use crate::node::NodeContext;
 
@@ -42,15 +46,30 @@ impl LiveSettings {
 /// What changed, in words, and which changes wait for a restart.
 fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'static str>) {
     let mut applied = Vec::new();
-    if old.balancer != new.balancer {
+    let (was, is) = (&old.balancer, &new.balancer);
+    if (was.strategy, was.key, was.retries) != (is.strategy, is.key, is.retries) {
         applied.push(format!(
             "balancer {}/{}/retries {} -> {}/{}/retries {}",
-            old.balancer.strategy.as_str(),
-            old.balancer.key.as_str(),
-            old.balancer.retries,
-            new.balancer.strategy.as_str(),
-            new.balancer.key.as_str(),
-            new.balancer.retries
+            was.strategy.as_str(),
+            was.key.as_str(),
+            was.retries,
+            is.strategy.as_str(),
+            is.key.as_str(),
+            is.retries
+        ));
+    }
+    if was.connect_timeout != is.connect_timeout {
+        applied.push(format!(
+            "proxy connect timeout {} ms -> {} ms",
+            was.connect_timeout.as_millis(),
+            is.connect_timeout.as_millis()
+        ));
+    }
+    if was.response_timeout != is.response_timeout {
+        applied.push(format!(
+            "proxy response timeout {} ms -> {} ms",
+            was.response_timeout.as_millis(),
+            is.response_timeout.as_millis()
         ));
     }
     if old.sessions.ttl != new.sessions.ttl {
@@ -64,6 +83,14 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
         applied.push(format!(
             "log level {:?} -> {:?}",
             old.logging.level, new.logging.level
+        ));
+    }
+    applied.extend(compare_alerts(old.alerts.as_ref(), new.alerts.as_ref()));
+    if old.backup != new.backup {
+        applied.push(format!(
+            "periodic backups {} -> {}",
+            describe_backup(old.backup.as_ref()),
+            describe_backup(new.backup.as_ref())
         ));
     }
     let mut restart = Vec::new();
@@ -93,11 +120,105 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
     if old.metrics != new.metrics {
         restart.push("<metrics>");
     }
-    // The alert evaluator keeps the rules it started with.
-    if old.alerts != new.alerts {
-        restart.push("<alerts>");
-    }
     (applied, restart)
+}
+
+/// `every 3600s, keep 24, in /var/backups` or `off`.
+fn describe_backup(backup: Option<&BackupConfig>) -> String {
+    match backup {
+        None => "off".to_string(),
+        Some(backup) => format!(
+            "every {}s, keep {}, in {}",
+            backup.interval.as_secs(),
+            backup.keep,
+            backup.dir.display()
+        ),
+    }
+}
+
+/// A rule in a few words: `memory > 1048576 bytes for 0 ms`.
+fn describe_rule(rule: &AlertRule) -> String {
+    let condition = match &rule.condition {
+        AlertCondition::MemberDown => "member-down".to_string(),
+        AlertCondition::NoLeader => "no-leader".to_string(),
+        AlertCondition::ErrorRate { ratio, window } => {
+            format!("error-rate > {ratio} over {} ms", window.as_millis())
+        }
+        AlertCondition::P99Latency { threshold, window } => format!(
+            "p99-latency > {} ms over {} ms",
+            threshold.as_millis(),
+            window.as_millis()
+        ),
+        AlertCondition::Memory { bytes } => format!("memory > {bytes} bytes"),
+    };
+    format!("{condition} for {} ms", rule.for_duration.as_millis())
+}
+
+/// The alerting changes, one phrase each (rules by name: added, removed, changed).
+fn compare_alerts(old: Option<&AlertsConfig>, new: Option<&AlertsConfig>) -> Vec<String> {
+    let rule_names = |alerts: &AlertsConfig| -> String {
+        let names: Vec<&str> = alerts.rules.iter().map(|rule| rule.name.as_str()).collect();
+        names.join(" ")
+    };
+    match (old, new) {
+        (None, None) => Vec::new(),
+        (None, Some(new)) => vec![format!(
+            "alerts on ({} rules: {}; {} webhooks)",
+            new.rules.len(),
+            rule_names(new),
+            new.webhooks.len()
+        )],
+        (Some(old), None) => vec![format!(
+            "alerts off (was {} rules: {})",
+            old.rules.len(),
+            rule_names(old)
+        )],
+        (Some(old), Some(new)) => {
+            let mut changes = Vec::new();
+            if old.interval != new.interval {
+                changes.push(format!(
+                    "alert interval {} ms -> {} ms",
+                    old.interval.as_millis(),
+                    new.interval.as_millis()
+                ));
+            }
+            if old.receiver != new.receiver {
+                changes.push(format!(
+                    "alert receiver {} -> {}",
+                    old.receiver, new.receiver
+                ));
+            }
+            for rule in &old.rules {
+                match new.rules.iter().find(|r| r.name == rule.name) {
+                    None => changes.push(format!("alert rule {} removed", rule.name)),
+                    Some(now) if now != rule => changes.push(format!(
+                        "alert rule {}: {} -> {}",
+                        rule.name,
+                        describe_rule(rule),
+                        describe_rule(now)
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for rule in &new.rules {
+                if !old.rules.iter().any(|r| r.name == rule.name) {
+                    changes.push(format!(
+                        "alert rule {} added ({})",
+                        rule.name,
+                        describe_rule(rule)
+                    ));
+                }
+            }
+            if old.webhooks != new.webhooks {
+                changes.push(format!(
+                    "alert webhooks {} -> {}",
+                    old.webhooks.len(),
+                    new.webhooks.len()
+                ));
+            }
+            changes
+        }
+    }
 }
 
 /// Re-reads the config file and applies what can change live. On any error the running configuration
@@ -169,4 +290,73 @@ pub async fn reload(context: &NodeContext) -> Result<String, String> {
         path.display()
     );
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(elements: &str) -> ClusterConfig {
+        let text = format!(
+            "<cluster id=\"demo\">\n  {elements}\n  <nodes>\n    \
+             <node name=\"node-1\" http=\"127.0.0.1:8081\" cluster=\"127.0.0.1:7001\"/>\n  \
+             </nodes>\n</cluster>\n"
+        );
+        ClusterConfig::parse(&text, Path::new("/etc/mt/cluster.xml")).expect("valid")
+    }
+
+    #[test]
+    fn alerts_timeouts_and_backups_are_live_and_described() {
+        let before = config(
+            r#"<balancer retries="2"/>
+            <alerts><rule name="mem" kind="memory" threshold-bytes="1048576"/><rule kind="no-leader"/></alerts>"#,
+        );
+        let after = config(
+            r#"<balancer retries="2" connect-timeout-ms="250" response-timeout-ms="5000"/>
+            <alerts interval-ms="200"><rule name="mem" kind="memory" threshold-bytes="2097152" for-ms="10"/>
+              <rule kind="member-down"/><webhook url="http://127.0.0.1:9/hook"/></alerts>
+            <backup interval-seconds="60" keep="3"/>"#,
+        );
+        let (applied, restart) = compare(&before, &after);
+        assert!(restart.is_empty(), "{restart:?}");
+        assert_eq!(
+            applied,
+            [
+                "proxy connect timeout 1000 ms -> 250 ms",
+                "proxy response timeout 30000 ms -> 5000 ms",
+                "alert interval 1000 ms -> 200 ms",
+                "alert rule mem: memory > 1048576 bytes for 0 ms -> memory > 2097152 bytes for 10 ms",
+                "alert rule no-leader removed",
+                "alert rule member-down added (member-down for 0 ms)",
+                "alert webhooks 0 -> 1",
+                "periodic backups off -> every 60s, keep 3, in /etc/mt/backups",
+            ]
+        );
+        let (applied, _) = compare(&after, &config(""));
+        assert_eq!(
+            applied,
+            [
+                "proxy connect timeout 250 ms -> 1000 ms",
+                "proxy response timeout 5000 ms -> 30000 ms",
+                "alerts off (was 2 rules: mem member-down)",
+                "periodic backups every 60s, keep 3, in /etc/mt/backups -> off",
+            ]
+        );
+        let (applied, _) = compare(&config(""), &before);
+        assert_eq!(applied, ["alerts on (2 rules: mem no-leader; 0 webhooks)"]);
+        let (applied, restart) = compare(&before, &before);
+        assert!(applied.is_empty() && restart.is_empty());
+    }
+
+    #[test]
+    fn restart_only_changes_are_named() {
+        let (applied, restart) = compare(
+            &config(r#"<metrics enabled="true"/>"#),
+            &config(r#"<gossip interval-ms="200"/><metrics enabled="false"/>"#),
+        );
+        assert!(applied.is_empty(), "{applied:?}");
+        assert_eq!(restart, ["<gossip>", "<metrics>"]);
+    }
 }

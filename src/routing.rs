@@ -23,7 +23,8 @@ use crate::balancer::{BalancerSnapshot, InFlight, LoadBalancer, RoutingKey, for_
 use crate::config::{HashKey, NodeConfig, Strategy};
 use crate::membership::{MemberState, Membership};
 use crate::proxy::{
-    HOP_HEADER, PreparedRequest, Proxy, RETRY_BUFFER_LIMIT, buffer_for_retry, is_idempotent,
+    HOP_HEADER, PreparedRequest, Proxy, ProxySettings, RETRY_BUFFER_LIMIT, buffer_for_retry,
+    is_idempotent,
 };
 
 /// Per-member routing counters, as this node sees them.
@@ -48,11 +49,13 @@ pub struct TargetStats {
     pub ejected: bool,
 }
 
-/// What a config reload may change: strategy, key and retries, swapped as one.
+/// What a config reload may change: strategy, key, retries and the response timeout, swapped as one
+/// (a request loads it once).
 struct Policy {
     strategy: Strategy,
     key: HashKey,
     retries: u32,
+    response_timeout: Duration,
     balancer: Arc<dyn LoadBalancer>,
 }
 
@@ -87,11 +90,19 @@ impl Routing {
                 strategy: balancer.strategy,
                 key: balancer.key,
                 retries: balancer.retries,
+                response_timeout: balancer.response_timeout,
                 balancer: for_strategy(balancer.strategy, in_flight.clone()),
             }),
             cookie: config.cluster.sessions.cookie.clone(),
             in_flight,
-            proxy: Proxy::new(&config.me.name),
+            proxy: Proxy::with_settings(
+                &config.me.name,
+                ProxySettings {
+                    connect_timeout: balancer.connect_timeout,
+                    response_timeout: balancer.response_timeout,
+                    ..ProxySettings::default()
+                },
+            ),
             snapshot: ArcSwap::from_pointee(BalancerSnapshot::default()),
             counters: std::sync::Mutex::new(BTreeMap::new()),
             served_locally: AtomicU64::new(0),
@@ -159,14 +170,17 @@ impl Routing {
             .collect()
     }
 
-    /// Applies a reloaded `<balancer>`: later requests use it; requests in flight keep the old one.
+    /// Applies a reloaded `<balancer>`: later requests use it; requests in flight keep the old one
+    /// (their response timeout included). A new connect timeout applies to new connections.
     pub fn apply(&self, balancer: &crate::config::BalancerConfig) {
         let current = self.policy.load();
         let strategy_changed = current.strategy != balancer.strategy;
+        self.proxy.set_connect_timeout(balancer.connect_timeout);
         self.policy.store(Arc::new(Policy {
             strategy: balancer.strategy,
             key: balancer.key,
             retries: balancer.retries,
+            response_timeout: balancer.response_timeout,
             balancer: if strategy_changed {
                 for_strategy(balancer.strategy, self.in_flight.clone())
             } else {
@@ -198,6 +212,16 @@ impl Routing {
     /// The routing key in use.
     pub fn key(&self) -> HashKey {
         self.policy.load().key
+    }
+
+    /// The proxy response timeout in use.
+    pub fn response_timeout(&self) -> Duration {
+        self.policy.load().response_timeout
+    }
+
+    /// The proxy connect timeout in use (for connections opened from now on).
+    pub fn connect_timeout(&self) -> Duration {
+        self.proxy.connect_timeout()
     }
 
     /// Routing figures per member, by name.
@@ -361,7 +385,7 @@ pub async fn route(
         let result = {
             let _guard = routing.in_flight.guard(&target.name);
             tokio::select! {
-                result = routing.proxy.forward(target, request, peer.ip()) => result,
+                result = routing.proxy.forward_within(target, request, peer.ip(), policy.response_timeout) => result,
                 () = routing.gone(&target.name) => Err(crate::proxy::ProxyError::Timeout {
                     target: target.name.clone(),
                 }),

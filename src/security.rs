@@ -315,6 +315,15 @@ fn read_secret(
         return Ok(None);
     };
     let origin = format!("{} (<security {attribute}>)", path.display()).replace(['\n', '\r'], " ");
+    read_secret_file(what, path, origin).map(Some)
+}
+
+/// The text of a secret file (at most [`MAX_SECRET_FILE_BYTES`], UTF-8, not blank) and `origin`.
+fn read_secret_file(
+    what: &'static str,
+    path: &Path,
+    origin: String,
+) -> Result<(String, String), SecretError> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
@@ -341,7 +350,16 @@ fn read_secret(
             problem: "the file is empty".to_string(),
         });
     }
-    Ok(Some((text, origin)))
+    Ok((text, origin))
+}
+
+/// The admin token in `path` for a client command (`--token-file`), checked like a node checks its
+/// own, without surrounding whitespace.
+pub fn admin_token_from_file(path: &Path) -> Result<String, SecretError> {
+    let origin = format!("{} (--token-file)", path.display()).replace(['\n', '\r'], " ");
+    let (text, origin) = read_secret_file("the admin token", path, origin)?;
+    AdminToken::new(&text).map_err(|problem| SecretError::Invalid { origin, problem })?;
+    Ok(text.trim().to_string())
 }
 
 /// Seals and opens gossip datagrams with ChaCha20-Poly1305: `nonce (12) | ciphertext | tag (16)`,

@@ -43,6 +43,8 @@ fn micro_tomcat(dir: &Path, args: &[&str]) -> Outcome {
         .current_dir(dir)
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LOG")
+        .env_remove("MICRO_TOMCAT_GOSSIP_KEY")
+        .env_remove("MICRO_TOMCAT_ADMIN_TOKEN")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -277,6 +279,63 @@ fn missing_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let outcome = micro_tomcat(dir.path(), &["check-config", "missing-config.xml"]);
     assert_one_line_error(&outcome, "missing-config.xml", &["cannot read"]);
+}
+
+#[test]
+fn check_config_reads_the_secret_files() {
+    let security = r#"<security gossip-key-file="secrets/gossip.key" admin-token-file="secrets/admin.token"/>"#;
+    let (dir, path) = config_file("cluster-config.xml", &cluster_xml(security, &two_nodes()));
+    let check = || {
+        micro_tomcat(
+            dir.path(),
+            &["check-config", path.to_str().expect("utf-8 path")],
+        )
+    };
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("mkdir");
+
+    assert_one_line_error(
+        &check(),
+        "cluster-config.xml",
+        &[
+            "gossip.key",
+            "<security gossip-key-file>",
+            "cannot read the gossip key",
+        ],
+    );
+    std::fs::write(secrets.join("gossip.key"), "not base64!\n").expect("key");
+    assert_one_line_error(&check(), "cluster-config.xml", &["gossip.key", "base64"]);
+    // 32 bytes of base64, as `openssl rand -base64 32` makes them.
+    std::fs::write(
+        secrets.join("gossip.key"),
+        "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n",
+    )
+    .expect("key");
+    assert_one_line_error(
+        &check(),
+        "cluster-config.xml",
+        &["admin.token", "cannot read the admin token"],
+    );
+    std::fs::write(secrets.join("admin.token"), "short\n").expect("token");
+    assert_one_line_error(
+        &check(),
+        "cluster-config.xml",
+        &["admin.token", "the admin token has 5 characters"],
+    );
+    std::fs::write(secrets.join("admin.token"), "0123456789abcdef0123\n").expect("token");
+    let outcome = check();
+    assert_eq!(outcome.status.code(), Some(0), "{}", outcome.stderr);
+    assert!(
+        outcome.stdout.contains("gossip sealed")
+            && outcome.stdout.contains("admin calls need the token"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        !outcome.stdout.contains("0123456789abcdef0123"),
+        "prints the token: {}",
+        outcome.stdout
+    );
 }
 
 #[test]

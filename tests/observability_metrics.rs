@@ -10,14 +10,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::routing::post;
-use common::{Cluster, wait_for};
-use serde_json::Value;
+use common::{Cluster, WebhookReceiver, wait_for};
 
 const RAFT: &str = r#"<raft data-dir="data" voters="3"/>"#;
 
@@ -88,7 +83,11 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_promtool_clean_and_follow_the_traffic() {
-    let mut cluster = Cluster::with_elements(3, RAFT);
+    // With periodic backups, so their figures are checked too (the leader writes one at once).
+    let mut cluster = Cluster::with_elements(
+        3,
+        &format!(r#"{RAFT}<backup dir="backups" interval-seconds="3600" keep="1"/>"#),
+    );
     cluster.start_all();
     cluster.wait_all_up(3, Duration::from_secs(20)).await;
     cluster.wait_ready(Duration::from_secs(30)).await;
@@ -211,6 +210,35 @@ async fn metrics_are_promtool_clean_and_follow_the_traffic() {
         leaders += value(&scrape, "micro_tomcat_raft_is_leader");
     }
     assert_eq!(leaders, 1.0);
+
+    let (writer, text) = wait_for(
+        "a periodic backup written",
+        Duration::from_secs(20),
+        || async {
+            for name in ["node-1", "node-2", "node-3"] {
+                let text = scrape(&cluster, name).await?;
+                let written = samples(&text)
+                    .get(r#"micro_tomcat_backups_total{outcome="written"}"#)
+                    .copied();
+                if written >= Some(1.0) {
+                    return Some((name, text));
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let (ok, printed) = check_metrics(&text);
+    assert!(
+        ok && printed.trim().is_empty(),
+        "{writer}: {printed}\n---\n{text}"
+    );
+    assert!(
+        value(
+            &samples(&text),
+            "micro_tomcat_backup_last_written_timestamp_seconds"
+        ) > 1e9
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,69 +288,9 @@ fn shipped_alert_rules_pass_their_promtool_tests() {
     }
 }
 
-/// A webhook receiver on a free port that keeps every body it is sent.
-struct Receiver {
-    url: String,
-    bodies: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let kept = bodies.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            post(move |Json(body): Json<Value>| {
-                let kept = kept.clone();
-                async move {
-                    kept.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(body);
-                    StatusCode::OK
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the receiver");
-        let addr = listener.local_addr().expect("receiver address");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver {
-            url: format!("http://{addr}/hook"),
-            bodies,
-        }
-    }
-
-    /// `(status, alertname, member)` of every alert received so far, in order.
-    fn alerts(&self) -> Vec<(String, String, String)> {
-        let bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
-        bodies
-            .iter()
-            .flat_map(|body| body["alerts"].as_array().cloned().unwrap_or_default())
-            .map(|alert| {
-                let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
-                (
-                    text(&alert["status"]),
-                    text(&alert["labels"]["alertname"]),
-                    text(&alert["labels"]["member"]),
-                )
-            })
-            .collect()
-    }
-
-    fn bodies(&self) -> Vec<Value> {
-        self.bodies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_fires_one_alert_and_resolves_it_once() {
-    let receiver = Receiver::start().await;
+    let receiver = WebhookReceiver::start().await;
     let mut cluster = Cluster::with_elements(
         3,
         &format!(

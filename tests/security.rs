@@ -300,6 +300,66 @@ async fn admin_calls_need_the_token_reads_do_not() {
     );
     cluster.wait_state("node-1", "node-2", "up", READY).await;
 
+    // Or from a file given with --token-file (it wins over the variable).
+    let with_file = |action: &str, file: &std::path::Path| {
+        Command::new(BIN)
+            .args([action, "node-2", "--node", &one])
+            .arg("--token-file")
+            .arg(file)
+            .env("MICRO_TOMCAT_ADMIN_TOKEN", "not-the-admin-token")
+            .output()
+            .expect("run the command")
+    };
+    let token_file = cluster.path().join("admin.token");
+    let done = with_file("drain", &token_file);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    cluster
+        .wait_state("node-1", "node-2", "draining", READY)
+        .await;
+    // A missing or malformed token file is a usage error: exit 1, one line, nothing sent.
+    let missing = with_file("undrain", &cluster.path().join("missing.token"));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("missing.token (--token-file)") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    let short = cluster.path().join("short.token");
+    std::fs::write(&short, "short\n").expect("token");
+    let refused = with_file("undrain", &short);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("5 characters"), "{stderr}");
+    assert!(!stderr.contains("short\n"), "{stderr}");
+    let done = with_file("undrain", &token_file);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    cluster.wait_state("node-1", "node-2", "up", READY).await;
+    let out = cluster.path().join("taken.mtbackup");
+    let backup = Command::new(BIN)
+        .args(["backup", "--node", &two])
+        .arg("--out")
+        .arg(&out)
+        .arg("--token-file")
+        .arg(&token_file)
+        .env_remove("MICRO_TOMCAT_ADMIN_TOKEN")
+        .output()
+        .expect("run backup");
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    assert!(out.exists());
+
     for name in ["node-1", "node-2"] {
         let log = std::fs::read_to_string(&cluster.nodes[name].log).expect("log");
         assert!(!log.contains(TOKEN), "{name} logged the admin token");

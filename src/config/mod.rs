@@ -68,6 +68,24 @@ pub const SESSION_MAX_BYTES_RANGE: RangeInclusive<u64> = 1_024..=67_108_864;
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Allowed number of balancer retries.
 pub const RETRIES_RANGE: RangeInclusive<u64> = 0..=10;
+/// Default time to open a connection to a member when proxying, in milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Allowed proxy connect timeout in milliseconds.
+pub const CONNECT_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 10..=60_000;
+/// Default time a member may take to start its response when proxying, in milliseconds.
+pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
+/// Allowed proxy response timeout in milliseconds (up to an hour).
+pub const RESPONSE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
+/// Default folder of periodic backups, relative to the config file.
+pub const DEFAULT_BACKUP_DIR: &str = "backups";
+/// Default time between two periodic backups, in seconds.
+pub const DEFAULT_BACKUP_INTERVAL_SECONDS: u64 = 3_600;
+/// Allowed time between two periodic backups, in seconds (10 s to a week).
+pub const BACKUP_INTERVAL_SECONDS_RANGE: RangeInclusive<u64> = 10..=604_800;
+/// Default number of periodic backups kept.
+pub const DEFAULT_BACKUP_KEEP: usize = 24;
+/// Allowed number of periodic backups kept.
+pub const BACKUP_KEEP_RANGE: RangeInclusive<u64> = 1..=10_000;
 /// Longest cluster id or node name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Cluster id used when no config file is given.
@@ -184,6 +202,8 @@ pub struct ClusterConfig {
     pub logging: LoggingConfig,
     /// Alert rules and receivers (`<alerts>`); `None` evaluates nothing.
     pub alerts: Option<AlertsConfig>,
+    /// Periodic backups (`<backup>`); `None` writes none.
+    pub backup: Option<BackupConfig>,
     /// The founding nodes, in file order.
     pub nodes: Vec<NodeSpec>,
     /// The file this came from, if any.
@@ -336,6 +356,10 @@ pub struct BalancerConfig {
     pub key: HashKey,
     /// Other nodes tried after a failed proxy attempt.
     pub retries: u32,
+    /// How long opening a connection to a member may take.
+    pub connect_timeout: Duration,
+    /// How long a member may take to send response headers, counted from the start of the exchange.
+    pub response_timeout: Duration,
 }
 
 impl Default for BalancerConfig {
@@ -344,6 +368,8 @@ impl Default for BalancerConfig {
             strategy: Strategy::default(),
             key: HashKey::default(),
             retries: DEFAULT_RETRIES,
+            connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+            response_timeout: Duration::from_millis(DEFAULT_RESPONSE_TIMEOUT_MS),
         }
     }
 }
@@ -397,6 +423,17 @@ pub struct AlertsConfig {
     pub rules: Vec<AlertRule>,
     /// `http://` URLs every notification is POSTed to.
     pub webhooks: Vec<String>,
+}
+
+/// Periodic backups (`<backup>`): the Raft leader writes one every `interval` into `dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupConfig {
+    /// Where the backup files go, resolved against the file's directory.
+    pub dir: PathBuf,
+    /// Time between two backups.
+    pub interval: Duration,
+    /// How many backup files of this cluster are kept in `dir`; older ones are deleted.
+    pub keep: usize,
 }
 
 /// One alert rule (`<rule>`).
@@ -540,9 +577,22 @@ impl ClusterConfig {
             metrics: MetricsConfig::default(),
             logging: LoggingConfig::default(),
             alerts: None,
+            backup: None,
             nodes: Vec::new(),
             source: None,
         }
+    }
+
+    /// Loads the secrets named in `<security>` as `run` would (`env` reads a variable, which wins over
+    /// the file), for `check-config`; a problem names this file and the secret's origin on one line.
+    pub fn check_secrets(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<crate::security::Secrets, ConfigError> {
+        crate::security::load_secrets(&self.security, env).map_err(|err| ConfigError::File {
+            file: self.source_name(),
+            message: one_line(&err.to_string()),
+        })
     }
 
     /// The listing `check-config` prints: a summary line, then one line per node.

@@ -11,7 +11,7 @@ const FULL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   <gossip interval-ms="200" phi-threshold="9.5" dead-after-ms="4000"/>
   <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300" remove-after-ms="5000" snapshot-every="2000"/>
   <sessions ttl-seconds="60" cookie="SID" max-bytes="2048"/>
-  <balancer strategy="round-robin" key="ip" retries="0"/>
+  <balancer strategy="round-robin" key="ip" retries="0" connect-timeout-ms="250" response-timeout-ms="5000"/>
   <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token"/>
   <app docroot="www" upstream="http://127.0.0.1:9000"/>
   <nodes>
@@ -126,6 +126,8 @@ fn full_file_parses_every_value() {
             strategy: Strategy::RoundRobin,
             key: HashKey::Ip,
             retries: 0,
+            connect_timeout: Duration::from_millis(250),
+            response_timeout: Duration::from_millis(5000),
         }
     );
     assert_eq!(
@@ -359,7 +361,7 @@ fn unknown_attribute_lists_allowed_ones() {
 fn unknown_element_lists_allowed_ones() {
     assert_error(
         &with_element("<gosip interval-ms=\"150\"/>"),
-        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <logging>, <nodes>",
+        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <backup>, <logging>, <nodes>",
     );
     assert_error_contains(
         &minimal("    <server name=\"x\"/>\n"),
@@ -1335,5 +1337,110 @@ fn alert_mistakes_are_one_line_errors() {
             .rules
             .len(),
         2
+    );
+}
+
+#[test]
+fn proxy_timeouts_have_defaults_ranges_and_an_order() {
+    let config = parse(&minimal(&three_nodes())).expect("valid");
+    assert_eq!(config.balancer.connect_timeout, Duration::from_millis(1000));
+    assert_eq!(config.balancer.response_timeout, Duration::from_secs(30));
+    let config = parse(&with_element(
+        "<balancer connect-timeout-ms=\"10\" response-timeout-ms=\"3600000\"/>",
+    ))
+    .expect("valid");
+    assert_eq!(config.balancer.connect_timeout, Duration::from_millis(10));
+    assert_eq!(config.balancer.response_timeout, Duration::from_secs(3600));
+    // Equal is fine: the whole exchange may take as long as connecting may.
+    parse(&with_element(
+        "<balancer connect-timeout-ms=\"500\" response-timeout-ms=\"500\"/>",
+    ))
+    .expect("valid");
+    assert_error(
+        &with_element("<balancer connect-timeout-ms=\"9\"/>"),
+        "cluster-config.xml:2: <balancer connect-timeout-ms=\"9\">: connect-timeout-ms must be between 10 and 60000, got 9",
+    );
+    assert_error(
+        &with_element("<balancer response-timeout-ms=\"99\"/>"),
+        "cluster-config.xml:2: <balancer response-timeout-ms=\"99\">: response-timeout-ms must be between 100 and 3600000, got 99",
+    );
+    assert_error(
+        &with_element("<balancer response-timeout-ms=\"1s\"/>"),
+        "cluster-config.xml:2: <balancer response-timeout-ms=\"1s\">: response-timeout-ms must be a whole number between 100 and 3600000, got \"1s\"",
+    );
+    assert_error(
+        &with_element("<balancer connect-timeout-ms=\"2000\" response-timeout-ms=\"1000\"/>"),
+        "cluster-config.xml:2: <balancer response-timeout-ms=\"1000\">: response-timeout-ms must be at least connect-timeout-ms (2000), got 1000",
+    );
+    assert_error(
+        &with_element("<balancer connect-timeout-ms=\"45000\"/>"),
+        "cluster-config.xml:2: <balancer connect-timeout-ms=\"45000\">: response-timeout-ms must be at least connect-timeout-ms (45000), got 30000 (the default)",
+    );
+    assert_error_contains(
+        &with_element("<balancer timeout-ms=\"5\"/>"),
+        "cluster-config.xml:2: <balancer timeout-ms=\"5\">: ",
+        "allowed: strategy, key, retries, connect-timeout-ms, response-timeout-ms",
+    );
+}
+
+#[test]
+fn backup_parses_with_defaults_next_to_the_file() {
+    let config = parse(&minimal(&three_nodes())).expect("valid");
+    assert_eq!(config.backup, None);
+    let config = ClusterConfig::parse(&with_element("<backup/>"), Path::new("/etc/mt/cluster.xml"))
+        .expect("valid");
+    assert_eq!(
+        config.backup,
+        Some(BackupConfig {
+            dir: PathBuf::from("/etc/mt/backups"),
+            interval: Duration::from_secs(3600),
+            keep: 24,
+        })
+    );
+    let config = ClusterConfig::parse(
+        &with_element("<backup dir=\"/var/backups/mt\" interval-seconds=\"10\" keep=\"1\"/>"),
+        Path::new("/etc/mt/cluster.xml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        config.backup,
+        Some(BackupConfig {
+            dir: PathBuf::from("/var/backups/mt"),
+            interval: Duration::from_secs(10),
+            keep: 1,
+        })
+    );
+}
+
+#[test]
+fn backup_mistakes_are_one_line_errors() {
+    for (element, expected) in [
+        (
+            "<backup interval-seconds=\"9\"/>",
+            "cluster-config.xml:2: <backup interval-seconds=\"9\">: interval-seconds must be between 10 and 604800, got 9",
+        ),
+        (
+            "<backup keep=\"0\"/>",
+            "cluster-config.xml:2: <backup keep=\"0\">: keep must be between 1 and 10000, got 0",
+        ),
+        (
+            "<backup keep=\"all\"/>",
+            "cluster-config.xml:2: <backup keep=\"all\">: keep must be a whole number between 1 and 10000, got \"all\"",
+        ),
+        (
+            "<backup dir=\" \"/>",
+            "cluster-config.xml:2: <backup dir=\" \">: dir must not be empty; leave the attribute out instead",
+        ),
+        (
+            "<backup folder=\"b\"/>",
+            "cluster-config.xml:2: <backup folder=\"b\">: unknown attribute folder; allowed: dir, interval-seconds, keep",
+        ),
+    ] {
+        assert_error(&with_element(element), expected);
+    }
+    assert_error_contains(
+        &with_element("<backup/><backup/>"),
+        "cluster-config.xml:2: <backup>: ",
+        "duplicate <backup> element",
     );
 }

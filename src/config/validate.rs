@@ -16,9 +16,9 @@ pub(super) struct Ctx<'a> {
 }
 
 /// The top-level children `<cluster>` accepts, in the order they are listed in messages.
-const CLUSTER_CHILDREN: [&str; 10] = [
-    "gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "alerts", "logging",
-    "nodes",
+const CLUSTER_CHILDREN: [&str; 11] = [
+    "gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "alerts", "backup",
+    "logging", "nodes",
 ];
 
 impl Ctx<'_> {
@@ -283,6 +283,10 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         Some(element) => Some(alerts(element, ctx, &metrics)?),
         None => None,
     };
+    let backup = match found.get("backup") {
+        Some(element) => Some(backup(element, ctx)?),
+        None => None,
+    };
     let logging = match found.get("logging") {
         Some(element) => logging(element, ctx)?,
         None => LoggingConfig::default(),
@@ -310,6 +314,7 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         app,
         metrics,
         alerts,
+        backup,
         logging,
         nodes,
         source: None,
@@ -467,7 +472,16 @@ fn sessions(element: &RawElement, ctx: &Ctx<'_>) -> Result<SessionsConfig, Confi
 }
 
 fn balancer(element: &RawElement, ctx: &Ctx<'_>) -> Result<BalancerConfig, ConfigError> {
-    ctx.only_attrs(element, &["strategy", "key", "retries"])?;
+    ctx.only_attrs(
+        element,
+        &[
+            "strategy",
+            "key",
+            "retries",
+            "connect-timeout-ms",
+            "response-timeout-ms",
+        ],
+    )?;
     ctx.no_children(element)?;
     let strategy = ctx.choice(
         element,
@@ -487,11 +501,70 @@ fn balancer(element: &RawElement, ctx: &Ctx<'_>) -> Result<BalancerConfig, Confi
         u64::from(DEFAULT_RETRIES),
         RETRIES_RANGE,
     )?;
+    let connect_timeout = ctx.whole(
+        element,
+        "connect-timeout-ms",
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        CONNECT_TIMEOUT_MS_RANGE,
+    )?;
+    let response_timeout = ctx.whole(
+        element,
+        "response-timeout-ms",
+        DEFAULT_RESPONSE_TIMEOUT_MS,
+        RESPONSE_TIMEOUT_MS_RANGE,
+    )?;
+    // The response timeout runs from the start of the exchange, connecting included: a shorter one
+    // would make the connect timeout meaningless.
+    if response_timeout < connect_timeout {
+        let (attr, shown) = if element.attr("response-timeout-ms").is_some() {
+            ("response-timeout-ms", response_timeout.to_string())
+        } else {
+            (
+                "connect-timeout-ms",
+                format!("{response_timeout} (the default)"),
+            )
+        };
+        return Err(ctx.invalid(
+            element,
+            Some(attr),
+            format!(
+                "response-timeout-ms must be at least connect-timeout-ms ({connect_timeout}), got {shown}"
+            ),
+        ));
+    }
     Ok(BalancerConfig {
         strategy,
         key,
         // The range check keeps this at 10 or less.
         retries: u32::try_from(retries).unwrap_or(DEFAULT_RETRIES),
+        connect_timeout: Duration::from_millis(connect_timeout),
+        response_timeout: Duration::from_millis(response_timeout),
+    })
+}
+
+fn backup(element: &RawElement, ctx: &Ctx<'_>) -> Result<BackupConfig, ConfigError> {
+    ctx.only_attrs(element, &["dir", "interval-seconds", "keep"])?;
+    ctx.no_children(element)?;
+    let dir = ctx
+        .path(element, "dir")?
+        .unwrap_or_else(|| ctx.base_dir.join(DEFAULT_BACKUP_DIR));
+    let interval = ctx.whole(
+        element,
+        "interval-seconds",
+        DEFAULT_BACKUP_INTERVAL_SECONDS,
+        BACKUP_INTERVAL_SECONDS_RANGE,
+    )?;
+    let keep = ctx.whole(
+        element,
+        "keep",
+        DEFAULT_BACKUP_KEEP as u64,
+        BACKUP_KEEP_RANGE,
+    )?;
+    Ok(BackupConfig {
+        dir,
+        interval: Duration::from_secs(interval),
+        // The range check keeps this at 10,000 or less.
+        keep: usize::try_from(keep).unwrap_or(DEFAULT_BACKUP_KEEP),
     })
 }
 

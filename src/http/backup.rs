@@ -6,9 +6,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use proto::raft::{
-    Backup, CommandResponse, SessionCommand, decode_backup_file, encode_backup_file,
-};
+use proto::raft::{CommandResponse, SessionCommand, decode_backup_file, encode_backup_file};
 use serde_json::json;
 use tracing::info;
 
@@ -33,32 +31,8 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// Takes a backup as of now: linearizable, so it holds every write acknowledged before the call.
-pub async fn take(context: &NodeContext) -> Result<Backup, String> {
-    let replica = context.replica();
-    replica
-        .linearizable_barrier()
-        .await
-        .map_err(|err| err.to_string())?;
-    let (index, sessions) = replica.reader().export();
-    let config = context.config();
-    let config_xml = match &config.cluster.source {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|err| format!("cannot read {}: {err}", path.display()))?,
-        None => String::new(),
-    };
-    Ok(Backup {
-        cluster_id: config.cluster.cluster_id.clone(),
-        node: config.me.name.clone(),
-        log_index: index.unwrap_or(0),
-        created_ms: now_ms(),
-        config_xml,
-        sessions,
-    })
-}
-
 async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {
-    match take(&context).await {
+    match crate::backup::take(&context).await {
         Ok(backup) => {
             info!(
                 sessions = backup.sessions.len(),
@@ -66,8 +40,8 @@ async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Res
                 "backup taken"
             );
             let name = format!(
-                "attachment; filename=\"{}-{}.mtbackup\"",
-                backup.cluster_id, backup.log_index
+                "attachment; filename=\"{}\"",
+                crate::backup::file_name(&backup)
             );
             (
                 [

@@ -93,6 +93,10 @@ pub struct BalancerStatus {
     pub strategy: String,
     /// Routing key.
     pub key: String,
+    /// Proxy connect timeout in ms (`<balancer connect-timeout-ms>`, as applied).
+    pub connect_timeout_ms: u64,
+    /// Proxy response timeout in ms (`<balancer response-timeout-ms>`, as applied).
+    pub response_timeout_ms: u64,
     /// Members that receive work.
     pub members: Vec<String>,
     /// Per member: requests this node proxied there (served here, for this node), failures, in flight.
@@ -166,6 +170,8 @@ impl ClusterStatus {
         struct XmlBalancer<'a> {
             strategy: &'a str,
             key: &'a str,
+            connect_timeout_ms: u64,
+            response_timeout_ms: u64,
             members: Names<'a>,
             targets: Targets<'a>,
         }
@@ -205,6 +211,8 @@ impl ClusterStatus {
             balancer: self.balancer.as_ref().map(|balancer| XmlBalancer {
                 strategy: &balancer.strategy,
                 key: &balancer.key,
+                connect_timeout_ms: balancer.connect_timeout_ms,
+                response_timeout_ms: balancer.response_timeout_ms,
                 members: Names {
                     name: &balancer.members,
                 },

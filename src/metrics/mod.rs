@@ -20,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::alerts::AlertStats;
+use crate::backup::BackupStats;
 use crate::membership::MemberState;
 use crate::node::NodeContext;
 use http::{HttpMetrics, RouteClass, STATUS_CLASSES};
@@ -34,6 +35,7 @@ pub struct Metrics {
     enabled: bool,
     http: &'static HttpMetrics,
     alerts: AlertStats,
+    backups: BackupStats,
 }
 
 impl Metrics {
@@ -46,6 +48,7 @@ impl Metrics {
             // every core on every request.
             http: Box::leak(Box::default()),
             alerts: AlertStats::default(),
+            backups: BackupStats::default(),
         }
     }
 
@@ -62,6 +65,11 @@ impl Metrics {
     /// What alerting did.
     pub fn alerts(&self) -> &AlertStats {
         &self.alerts
+    }
+
+    /// What periodic backups did.
+    pub fn backups(&self) -> &BackupStats {
+        &self.backups
     }
 }
 
@@ -201,7 +209,8 @@ impl Collector for Scrape {
         traffic(&mut out, context)?;
         raft(&mut out, context)?;
         routing(&mut out, context)?;
-        alerting(&mut out, context)
+        alerting(&mut out, context)?;
+        backups(&mut out, context)
     }
 }
 
@@ -512,7 +521,7 @@ fn alerting(out: &mut Out, context: &NodeContext) -> fmt::Result {
             .map(|(name, count)| (labels([("alertname", &name)]), count))
             .collect(),
     )?;
-    let configured = context.config().cluster.alerts.is_some();
+    let configured = context.live().cluster.load().alerts.is_some();
     out.counters(
         "alert_notifications_total",
         "Alert notifications this node POSTed to webhooks, by status and outcome (sent, or failed after retries).",
@@ -528,4 +537,29 @@ fn alerting(out: &mut Out, context: &NodeContext) -> fmt::Result {
             Vec::new()
         },
     )
+}
+
+fn backups(out: &mut Out, context: &NodeContext) -> fmt::Result {
+    let stats = context.metrics().backups();
+    let configured = context.live().cluster.load().backup.is_some();
+    if !configured && stats.written() == 0 && stats.failed() == 0 {
+        return Ok(());
+    }
+    out.counters(
+        "backups_total",
+        "Periodic backups (<backup>) this node wrote as the Raft leader, by outcome (written, failed).",
+        vec![
+            (labels([("outcome", "written")]), stats.written()),
+            (labels([("outcome", "failed")]), stats.failed()),
+        ],
+    )?;
+    let last = stats.last_written_ms();
+    if last > 0 {
+        out.gauge(
+            "backup_last_written_timestamp_seconds",
+            "When this node last wrote a periodic backup (Unix time).",
+            last as f64 / 1000.0,
+        )?;
+    }
+    Ok(())
 }

@@ -314,6 +314,11 @@ impl Replica {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Whether this node is the Raft leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// Whether a leader is known and this node applied everything committed as far as it knows.
     pub fn readiness(&self) -> Result<(), String> {
         let metrics = self.metrics();

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -466,6 +466,37 @@ impl Cluster {
         .await
     }
 
+    /// `POST /cluster/config/reload` on `name`: the status code and the JSON answer.
+    pub async fn reload(&self, name: &str) -> (u16, Value) {
+        let url = format!("{}/cluster/config/reload", self.nodes[name].url());
+        let response = self.client.post(url).send().await.expect("reload answer");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The value of one series (`name{labels}` exactly as `/metrics` prints it) on node `name`.
+    pub async fn metric(&self, name: &str, series: &str) -> Option<f64> {
+        let url = format!("{}/metrics", self.nodes[name].url());
+        let response = self.client.get(url).send().await.ok()?;
+        let text = response.text().await.ok()?;
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+    }
+
+    /// Replaces `from` (which must occur) with `to` in the config file.
+    pub fn rewrite_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        assert!(text.contains(from), "{from} not in {text}");
+        std::fs::write(&self.config, text.replace(from, to)).expect("write config");
+    }
+
     /// POST a session with `data` through `name`; returns its id when acknowledged (201).
     pub async fn create_session(&self, name: &str, data: &Value) -> Option<String> {
         let url = format!("{}/api/sessions", self.nodes[name].url());
@@ -481,5 +512,68 @@ impl Cluster {
     pub async fn session_data(&self, name: &str, id: &str) -> Option<Value> {
         let doc = self.get_json(name, &format!("/api/sessions/{id}")).await?;
         Some(doc["data"].clone())
+    }
+}
+
+/// A webhook receiver on a free port that keeps every body it is sent.
+pub struct WebhookReceiver {
+    /// Where to POST (`http://127.0.0.1:PORT/hook`).
+    pub url: String,
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl WebhookReceiver {
+    /// Listens on a free port until the test ends.
+    pub async fn start() -> WebhookReceiver {
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(body);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        WebhookReceiver {
+            url: format!("http://{addr}/hook"),
+            bodies,
+        }
+    }
+
+    /// `(status, alertname, member)` of every alert received so far, in order.
+    pub fn alerts(&self) -> Vec<(String, String, String)> {
+        let bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
+        bodies
+            .iter()
+            .flat_map(|body| body["alerts"].as_array().cloned().unwrap_or_default())
+            .map(|alert| {
+                let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
+                (
+                    text(&alert["status"]),
+                    text(&alert["labels"]["alertname"]),
+                    text(&alert["labels"]["member"]),
+                )
+            })
+            .collect()
+    }
+
+    /// Every body received so far, in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
