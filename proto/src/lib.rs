@@ -8,4 +8,4 @@ pub mod gossip;
 pub mod raft;
 pub mod wire;
 
-pub use wire::{DecodeError, decode, encode};
+pub use wire::{DecodeError, decode, encode, encode_with_capacity};

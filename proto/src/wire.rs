@@ -21,6 +21,12 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     postcard::to_allocvec(message).unwrap_or_default()
 }
 
+/// Like [`encode`], into a buffer allocated once with room for `capacity` bytes: for large messages
+/// whose size the caller can estimate, so the buffer is not regrown (and copied) as it fills.
+pub fn encode_with_capacity<T: Serialize>(message: &T, capacity: usize) -> Vec<u8> {
+    postcard::to_extend(message, Vec::with_capacity(capacity)).unwrap_or_default()
+}
+
 /// Decodes a message, rejecting trailing bytes. Never panics; lengths inside the bytes are checked
 /// against the remaining input by postcard before anything is allocated.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {

@@ -43,7 +43,7 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 /// Allowed Raft heartbeat in milliseconds.
 pub const HEARTBEAT_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
 /// Default Raft election timeout in milliseconds.
-pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 350;
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
 /// Allowed Raft election timeout in milliseconds.
 pub const ELECTION_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 50..=60_000;
 /// Default time a Raft member must be gone before the leader removes it, in milliseconds.

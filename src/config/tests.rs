@@ -180,7 +180,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(config.raft.data_dir, PathBuf::from("data"));
     assert_eq!(config.raft.voters, 3);
     assert_eq!(config.raft.heartbeat, Duration::from_millis(50));
-    assert_eq!(config.raft.election_timeout, Duration::from_millis(350));
+    assert_eq!(config.raft.election_timeout, Duration::from_millis(300));
     assert_eq!(config.sessions.ttl, Duration::from_secs(1800));
     assert_eq!(config.sessions.cookie, "MTSESSIONID");
     assert_eq!(config.sessions.max_bytes, 1_048_576);
@@ -524,7 +524,7 @@ fn election_timeout_must_cover_three_heartbeats() {
     assert_error_contains(
         &with_element("<raft heartbeat-ms=\"300\"/>"),
         "cluster-config.xml:2: <raft heartbeat-ms=\"300\">: ",
-        "got 350 (the default)",
+        "got 300 (the default)",
     );
     assert!(
         parse(&with_element(
