@@ -107,7 +107,7 @@ bin=$work/micro-tomcat
 
 # ---------------------------------------------------------------- micro-tomcat cluster
 # The repository's cluster-config.xml with other ports and the data under the run folder.
-# Timings are the shipped defaults (gossip 150 ms, Raft heartbeat 50 ms, election timeout 300 ms).
+# Timings are the shipped defaults (gossip 150 ms, Raft heartbeat 100 ms, election timeout 300 ms).
 mt_config=$work/cluster-config.xml
 cat >"$mt_config" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>

@@ -39,7 +39,7 @@ pub const DEFAULT_VOTERS: usize = 3;
 /// Allowed number of Raft voters.
 pub const VOTERS_RANGE: RangeInclusive<u64> = 1..=9;
 /// Default Raft leader heartbeat in milliseconds.
-pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 /// Allowed Raft heartbeat in milliseconds.
 pub const HEARTBEAT_MS_RANGE: RangeInclusive<u64> = 10..=10_000;
 /// Default Raft election timeout in milliseconds.

@@ -179,7 +179,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(config.gossip.dead_after, Duration::from_millis(5000));
     assert_eq!(config.raft.data_dir, PathBuf::from("data"));
     assert_eq!(config.raft.voters, 3);
-    assert_eq!(config.raft.heartbeat, Duration::from_millis(50));
+    assert_eq!(config.raft.heartbeat, Duration::from_millis(100));
     assert_eq!(config.raft.election_timeout, Duration::from_millis(300));
     assert_eq!(config.sessions.ttl, Duration::from_secs(1800));
     assert_eq!(config.sessions.cookie, "MTSESSIONID");

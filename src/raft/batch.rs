@@ -33,7 +33,7 @@ pub const MAX_BATCH_COMMANDS: usize = 512;
 /// still goes, alone).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Batches being committed at the same time.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// Writes waiting to be batched before callers wait to queue theirs.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH_COMMANDS;
 
