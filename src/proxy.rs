@@ -600,6 +600,19 @@ mod tests {
         listener.local_addr().expect("local addr")
     }
 
+    /// A member that accepts connections and never answers; returns its address.
+    async fn silent_member() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket); // never answers
+            }
+        });
+        addr
+    }
+
     /// Answers with what it received: method, URI, headers and body as JSON.
     fn inspector() -> Router {
         Router::new().fallback(any(|request: Request| async move {
@@ -915,14 +928,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_member_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket); // never answers
-            }
-        });
+        let addr = silent_member().await;
         let settings = ProxySettings {
             response_timeout: Duration::from_millis(200),
             ..ProxySettings::default()
@@ -945,14 +951,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_callers_response_timeout_wins_and_a_new_connect_timeout_reopens_pools() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket); // never answers
-            }
-        });
+        let addr = silent_member().await;
         // The default is 30 s; the live setting passed in is what counts.
         let proxy = Proxy::new("node-1");
         let request = Request::builder()

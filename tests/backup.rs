@@ -47,26 +47,8 @@ async fn a_backup_restored_into_a_fresh_cluster_has_every_session() {
     }
 
     // A new cluster (new data dirs, new Raft group) from the same kind of config.
-    let mut fresh = Cluster::new(3);
-    fresh.start_all();
-    fresh.wait_ready(READY).await;
-    let output = Command::new(BIN)
-        .arg("restore")
-        .arg(&file)
-        .args(["--node", &fresh.nodes["node-3"].url()])
-        .output()
-        .expect("restore command");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer: Value = serde_json::from_str(stdout.trim()).expect("json answer");
-    assert_eq!(answer["imported"], 1200, "{answer}");
+    let (fresh, answer) = restore_into_fresh_cluster(&file, "node-3", 1200).await;
     assert_eq!(answer["skipped"], 0);
-    let (_, count, _) = fresh.wait_identical(READY).await;
-    assert_eq!(count, 1200);
     for (id, data) in sessions.iter().step_by(7) {
         for name in ["node-1", "node-2", "node-3"] {
             assert_eq!(
@@ -220,13 +202,31 @@ async fn the_leader_writes_periodic_backups_keeps_the_newest_and_they_restore() 
         assert!(written >= appeared.len() as f64, "{written} {appeared:?}");
     }
 
+    let (fresh, answer) = restore_into_fresh_cluster(&newest_copy, "node-2", 300).await;
+    assert_eq!(answer["from_cluster"], "test");
+    for (id, data) in &sessions {
+        assert_eq!(
+            fresh.session_data("node-1", id).await.as_ref(),
+            Some(data),
+            "{id}"
+        );
+    }
+}
+
+/// Starts a new 3-node cluster, restores `file` into it through `via` with the CLI, and waits until
+/// every node holds exactly `expected` sessions. Returns the cluster and the CLI's JSON answer.
+async fn restore_into_fresh_cluster(
+    file: &std::path::Path,
+    via: &str,
+    expected: u64,
+) -> (Cluster, Value) {
     let mut fresh = Cluster::new(3);
     fresh.start_all();
     fresh.wait_ready(READY).await;
     let output = Command::new(BIN)
         .arg("restore")
-        .arg(&newest_copy)
-        .args(["--node", &fresh.nodes["node-2"].url()])
+        .arg(file)
+        .args(["--node", &fresh.nodes[via].url()])
         .output()
         .expect("restore command");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -236,15 +236,8 @@ async fn the_leader_writes_periodic_backups_keeps_the_newest_and_they_restore() 
         String::from_utf8_lossy(&output.stderr)
     );
     let answer: Value = serde_json::from_str(stdout.trim()).expect("json answer");
-    assert_eq!(answer["imported"], 300, "{answer}");
-    assert_eq!(answer["from_cluster"], "test");
+    assert_eq!(answer["imported"], expected, "{answer}");
     let (_, count, _) = fresh.wait_identical(READY).await;
-    assert_eq!(count, 300);
-    for (id, data) in &sessions {
-        assert_eq!(
-            fresh.session_data("node-1", id).await.as_ref(),
-            Some(data),
-            "{id}"
-        );
-    }
+    assert_eq!(count, expected);
+    (fresh, answer)
 }
