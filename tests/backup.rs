@@ -192,14 +192,23 @@ async fn the_leader_writes_periodic_backups_keeps_the_newest_and_they_restore() 
             let gap = pair[1].1.duration_since(pair[0].1);
             assert!(gap >= Duration::from_secs(8), "{pair:?} only {gap:?} apart");
         }
-        let mut written = 0.0;
-        for name in ["node-1", "node-2", "node-3"] {
-            written += cluster
-                .metric(name, r#"micro_tomcat_backups_total{outcome="written"}"#)
-                .await
-                .expect("backup metrics on every node");
-        }
-        assert!(written >= appeared.len() as f64, "{written} {appeared:?}");
+        // The counter moves just after the file is in place: wait for it rather than race it.
+        let seen = appeared.len() as f64;
+        wait_for(
+            "the backup counters to count every file seen",
+            Duration::from_secs(10),
+            || async {
+                let mut written = 0.0;
+                for name in ["node-1", "node-2", "node-3"] {
+                    written += cluster
+                        .metric(name, r#"micro_tomcat_backups_total{outcome="written"}"#)
+                        .await
+                        .expect("backup metrics on every node");
+                }
+                (written >= seen).then_some(())
+            },
+        )
+        .await;
     }
 
     let (fresh, answer) = restore_into_fresh_cluster(&newest_copy, "node-2", 300).await;
