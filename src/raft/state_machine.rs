@@ -559,7 +559,7 @@ fn lower_this_threads_priority() {
 }
 
 /// A snapshot file is written and synced this many bytes at a time.
-const SNAPSHOT_SYNC_EVERY_BYTES: usize = 4 * 1024 * 1024;
+const SNAPSHOT_SYNC_EVERY_BYTES: usize = 1024 * 1024;
 
 fn encode_snapshot(state: &SessionState) -> Vec<u8> {
     // Sized up front (data plus a generous allowance for each record's id, version, times and
