@@ -41,6 +41,12 @@ pub fn to_tower_id(id: &SessionId) -> Id {
     Id(i128::from_le_bytes(*id.as_bytes()))
 }
 
+/// A hidden entry of a loaded record: the version it was loaded at. `save` removes it and writes
+/// only if the session still has that version, so a request that read an older state (one left
+/// running on the far side of a partition, or overtaken by its own retry elsewhere) cannot
+/// overwrite a newer one. The application never sees it in the stored data.
+pub const LOADED_VERSION_KEY: &str = "__micro_tomcat_loaded_version";
+
 fn backend(err: impl std::fmt::Display) -> Error {
     Error::Backend(err.to_string())
 }
@@ -64,24 +70,38 @@ impl ClusterStore {
         self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn encode(&self, record: &Record) -> Result<String> {
-        let data =
-            serde_json::to_string(&record.data).map_err(|err| Error::Encode(err.to_string()))?;
-        if data.len() > self.max_bytes {
-            return Err(Error::Encode(format!(
-                "session of {} bytes exceeds the limit of {} bytes",
-                data.len(),
-                self.max_bytes
-            )));
-        }
-        Ok(data)
+    fn encode(&self, record: &Record) -> Result<(String, Option<u64>)> {
+        encode(record, self.max_bytes)
     }
+}
+
+/// The record's data as stored (JSON, without [`LOADED_VERSION_KEY`]) and the version it was loaded
+/// at, if it was loaded from the store; refused above `max_bytes`.
+fn encode(record: &Record, max_bytes: usize) -> Result<(String, Option<u64>)> {
+    let loaded = record
+        .data
+        .get(LOADED_VERSION_KEY)
+        .and_then(serde_json::Value::as_u64);
+    let stored: HashMap<&String, &serde_json::Value> = record
+        .data
+        .iter()
+        .filter(|(key, _)| key.as_str() != LOADED_VERSION_KEY)
+        .collect();
+    let data = serde_json::to_string(&stored).map_err(|err| Error::Encode(err.to_string()))?;
+    if data.len() > max_bytes {
+        return Err(Error::Encode(format!(
+            "session of {} bytes exceeds the limit of {} bytes",
+            data.len(),
+            max_bytes
+        )));
+    }
+    Ok((data, loaded))
 }
 
 #[async_trait]
 impl SessionStore for ClusterStore {
     async fn create(&self, record: &mut Record) -> Result<()> {
-        let data = self.encode(record)?;
+        let (data, _) = self.encode(record)?;
         loop {
             let id = SessionId::generate();
             let command = SessionCommand::Create {
@@ -102,13 +122,13 @@ impl SessionStore for ClusterStore {
     }
 
     async fn save(&self, record: &Record) -> Result<()> {
-        let data = self.encode(record)?;
+        let (data, loaded) = self.encode(record)?;
         let id = to_session_id(&record.id);
         let ttl = self.ttl();
         let put = SessionCommand::Put {
             id,
             data: data.clone(),
-            expected_version: None,
+            expected_version: loaded,
             ttl_ms: Some(ttl),
             now_ms: now_ms(),
         };
@@ -127,6 +147,11 @@ impl SessionStore for ClusterStore {
                     other => Err(backend(format!("unexpected answer to create: {other:?}"))),
                 }
             }
+            CommandResponse::VersionMismatch { current } => Err(backend(format!(
+                "session {id} was changed by another request meanwhile (now version {current}, this \
+                 request read version {}); nothing written",
+                loaded.unwrap_or_default()
+            ))),
             other => Err(backend(format!("unexpected answer to save: {other:?}"))),
         }
     }
@@ -140,8 +165,9 @@ impl SessionStore for ClusterStore {
             return Ok(None);
         };
         self.replica.touch(session_id);
-        let data: HashMap<String, serde_json::Value> =
+        let mut data: HashMap<String, serde_json::Value> =
             serde_json::from_str(&stored.data).map_err(|err| Error::Decode(err.to_string()))?;
+        data.insert(LOADED_VERSION_KEY.to_string(), stored.version.into());
         let expires_in = Duration::from_millis(stored.expires_at_ms().saturating_sub(now));
         Ok(Some(Record {
             id: *id,
@@ -162,6 +188,29 @@ impl SessionStore for ClusterStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loaded_version_is_taken_out_of_the_stored_data() {
+        let mut record = Record {
+            id: Id(7),
+            data: HashMap::from([("count".to_string(), serde_json::json!(5))]),
+            expiry_date: OffsetDateTime::now_utc(),
+        };
+        // A new session (never loaded): written without a condition.
+        assert_eq!(
+            encode(&record, 1024).expect("encode"),
+            (r#"{"count":5}"#.to_string(), None)
+        );
+        // A loaded one: written only over the version it was read at, and the key is not stored.
+        record
+            .data
+            .insert(LOADED_VERSION_KEY.to_string(), serde_json::json!(12));
+        assert_eq!(
+            encode(&record, 1024).expect("encode"),
+            (r#"{"count":5}"#.to_string(), Some(12))
+        );
+        assert!(matches!(encode(&record, 5), Err(Error::Encode(_))));
+    }
 
     #[test]
     fn ids_map_both_ways() {
