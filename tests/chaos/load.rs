@@ -104,6 +104,13 @@ impl Burst {
     }
 }
 
+/// How long after a request failed it may still take effect: the node executing it keeps going when
+/// the client (or the proxying entry node) gives up, and across a partition it cannot learn that
+/// they did; it gives up itself after waiting for a leader to read (8 s) and again to write (8 s).
+/// A counter that moves by more than one within this window after a failure is that request landing
+/// late; moving back or standing still is never excused.
+pub const UNKNOWN_OUTCOME_WINDOW: Duration = Duration::from_secs(20);
+
 /// Client request timeouts: longer than a leader election plus a forwarded write.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(12);
@@ -360,6 +367,14 @@ impl Faults {
         }
     }
 
+    /// Whether any node had a fault while `started..ended` (with the usual margin after it).
+    fn any_during(&self, started: Instant, ended: Instant) -> bool {
+        lock(&self.0).iter().any(|window| {
+            let to = window.to.map_or(ended, |to| to + FAULT_MARGIN);
+            started <= to && ended >= window.from
+        })
+    }
+
     fn excuses(&self, node: &str, started: Instant, ended: Instant) -> bool {
         lock(&self.0).iter().any(|window| {
             let to = window.to.map_or(ended, |to| to + FAULT_MARGIN);
@@ -397,14 +412,37 @@ impl LoadReport {
         }
         for (reader, gets) in by_reader {
             let mut last: Option<u64> = None;
-            let mut failed_since = false;
+            let mut last_failure: Option<String> = None;
+            // When this reader's last request failed: until the server gives up on it, that request may
+            // still take effect (see `UNKNOWN_OUTCOME_WINDOW`).
+            let mut last_failure_at: Option<Instant> = None;
             for get in gets {
+                let after_failure = last_failure_at.is_some_and(|at| {
+                    get.started.saturating_duration_since(at) < UNKNOWN_OUTCOME_WINDOW
+                });
                 let at = get.started.saturating_duration_since(self.started);
                 let wall = utc(self.started_wall + at);
                 match &get.result {
                     Err(err) => {
-                        failed_since = true;
-                        if !faults.excuses(&get.entry, get.started, get.ended) {
+                        // A save refused because another execution (a late one of this reader's own
+                        // failed request, or a copy a proxy gave up on during a fault) changed the
+                        // session first: the conflict is reported and nothing is overwritten.
+                        let conflict = err.contains("changed by another request meanwhile");
+                        let excused = faults.excuses(&get.entry, get.started, get.ended)
+                            || (conflict
+                                && (after_failure || faults.any_during(get.started, get.ended)));
+                        last_failure_at = Some(get.ended);
+                        last_failure = Some(format!(
+                            "GET {} via {} at +{:.1}s..+{:.1}s: {}",
+                            get.path,
+                            get.entry,
+                            at.as_secs_f64(),
+                            get.ended
+                                .saturating_duration_since(self.started)
+                                .as_secs_f64(),
+                            err.chars().take(80).collect::<String>()
+                        ));
+                        if !excused {
                             violations.push(format!(
                                 "reader {reader}: GET {} via {} at +{:.1}s ({wall} UTC) failed after {:.1}s: {err}",
                                 get.path,
@@ -426,17 +464,18 @@ impl LoadReport {
                         }
                         let Some(count) = ok.count else { continue };
                         if let Some(prev) = last
-                            && (count <= prev || (count > prev + 1 && !failed_since))
+                            && (count <= prev || (count > prev + 1 && !after_failure))
                         {
                             violations.push(format!(
-                                "reader {reader}: counter {prev} -> {count} via {} (served by {}) at +{:.1}s ({wall} UTC)",
+                                "reader {reader}: counter {prev} -> {count} via {} (served by {}) at +{:.1}s ({wall} UTC); \
+                                 this reader's last failure: {}",
                                 get.entry,
                                 ok.served_by,
-                                at.as_secs_f64()
+                                at.as_secs_f64(),
+                                last_failure.as_deref().unwrap_or("none")
                             ));
                         }
                         last = Some(count);
-                        failed_since = false;
                     }
                 }
             }
