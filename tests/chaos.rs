@@ -116,8 +116,8 @@ async fn wait_acks(load: &Load, since: Instant, via: &[String], count: usize, wh
     .await
 }
 
-/// Stops the load and checks every invariant, adding what does not hold to `problems`; prints the
-/// scenario's summary.
+/// Stops the load and checks every invariant on top of the scenario's own `problems`; prints the
+/// scenario's summary, then fails the test if anything does not hold (see [`assert_no_problems`]).
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     scenario: &str,
@@ -127,7 +127,7 @@ async fn finish(
     faults: &Faults,
     members: usize,
     started: Instant,
-    problems: &mut Vec<String>,
+    mut problems: Vec<String>,
 ) {
     let report = load.stop().await;
     cluster.wait_all_up(members, CONVERGE).await;
@@ -156,6 +156,7 @@ async fn finish(
         problems.len(),
         started.elapsed().as_secs_f64()
     );
+    assert_no_problems(scenario, cluster, &problems);
 }
 
 /// Panics listing every problem; keeps the node logs in `/tmp/micro-tomcat-chaos/<scenario>/`.
@@ -395,10 +396,9 @@ async fn kill_9_random_members_under_load_including_the_leader_during_a_snapshot
         &faults,
         names.len(),
         started,
-        &mut problems,
+        problems,
     )
     .await;
-    assert_no_problems(SCENARIO, &cluster, &problems);
 }
 
 /// Pauses `victim` (SIGSTOP) for [`PAUSE`] and resumes it; checks the others mark it down and then
@@ -511,17 +511,9 @@ async fn sigstop_longer_than_detection_then_sigcont_leader_and_follower() {
     println!("[{SCENARIO}] {line}");
 
     finish(
-        SCENARIO,
-        &cluster,
-        load,
-        terms,
-        &faults,
-        3,
-        started,
-        &mut problems,
+        SCENARIO, &cluster, load, terms, &faults, 3, started, problems,
     )
     .await;
-    assert_no_problems(SCENARIO, &cluster, &problems);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,10 +598,9 @@ async fn rolling_restart_then_all_at_once_under_load() {
         &faults,
         names.len(),
         started,
-        &mut problems,
+        problems,
     )
     .await;
-    assert_no_problems(SCENARIO, &cluster, &problems);
 }
 
 /// POSTs a session with a short client timeout; `Ok(id)` when acknowledged, else what happened.
@@ -815,17 +806,9 @@ async fn partition_cuts_the_leader_off_from_the_majority_then_heals() {
         rejoined.as_secs_f64()
     );
     finish(
-        SCENARIO,
-        &cluster,
-        load,
-        terms,
-        &faults,
-        NODES,
-        started,
-        &mut problems,
+        SCENARIO, &cluster, load, terms, &faults, NODES, started, problems,
     )
     .await;
-    assert_no_problems(SCENARIO, &cluster, &problems);
 }
 
 /// libfaketime's preload library (Debian package `faketime`).
@@ -1071,15 +1054,7 @@ async fn a_member_whose_clock_is_an_hour_ahead_changes_neither_detection_nor_exp
         (ttl - Duration::from_secs(1)).as_secs_f64()
     );
     finish(
-        SCENARIO,
-        &cluster,
-        load,
-        terms,
-        &faults,
-        3,
-        started,
-        &mut problems,
+        SCENARIO, &cluster, load, terms, &faults, 3, started, problems,
     )
     .await;
-    assert_no_problems(SCENARIO, &cluster, &problems);
 }
