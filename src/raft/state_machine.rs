@@ -85,7 +85,10 @@ struct Shared {
 /// The applied state: sessions plus what openraft needs to know about the applied log.
 #[derive(Clone, Default)]
 struct SessionState {
-    sessions: OrdMap<SessionId, SessionRecord>,
+    /// Records behind an `Arc`: while a snapshot holds a copy of the map, a write copies the tree
+    /// nodes on its path, and those copies then only bump reference counts instead of duplicating
+    /// every record's data (64 records of 1 KiB per leaf, at every write).
+    sessions: OrdMap<SessionId, Arc<SessionRecord>>,
     /// `(expires_at_ms, id)` of every session, so the expiry scan reads only expired ones.
     by_expiry: OrdSet<(u64, SessionId)>,
     last_applied: Option<LogId>,
@@ -107,7 +110,7 @@ impl SessionState {
 
     fn upsert(&mut self, record: SessionRecord) {
         let key = (record.expires_at_ms(), record.id);
-        if let Some(old) = self.sessions.insert(record.id, record) {
+        if let Some(old) = self.sessions.insert(record.id, Arc::new(record)) {
             let old_key = (old.expires_at_ms(), old.id);
             if old_key != key {
                 self.by_expiry.remove(&old_key);
@@ -116,7 +119,7 @@ impl SessionState {
         self.by_expiry.insert(key);
     }
 
-    fn remove(&mut self, id: &SessionId) -> Option<SessionRecord> {
+    fn remove(&mut self, id: &SessionId) -> Option<Arc<SessionRecord>> {
         let old = self.sessions.remove(id)?;
         self.by_expiry.remove(&(old.expires_at_ms(), old.id));
         Some(old)
@@ -196,7 +199,7 @@ impl SessionState {
                     }
                     let record = SessionRecord {
                         last_access_ms: access_ms,
-                        ..current.clone()
+                        ..SessionRecord::clone(current)
                     };
                     self.upsert(record);
                     count += 1;
@@ -417,7 +420,11 @@ impl SessionStateMachine {
 impl SessionReader {
     /// The session with this id, if present (it may be expired but not yet removed).
     pub fn get(&self, id: &SessionId) -> Option<SessionRecord> {
-        self.shared.read().sessions.get(id).cloned()
+        self.shared
+            .read()
+            .sessions
+            .get(id)
+            .map(|record| SessionRecord::clone(record))
     }
 
     /// The session with this id if present and not expired at `now_ms`.
@@ -435,7 +442,13 @@ impl SessionReader {
                 state.sessions.clone(),
             )
         };
-        (index, sessions.values().cloned().collect())
+        (
+            index,
+            sessions
+                .values()
+                .map(|record| SessionRecord::clone(record))
+                .collect(),
+        )
     }
 
     /// Number of sessions held (including expired ones not yet removed).
@@ -515,7 +528,7 @@ struct SnapshotView<'a> {
     sessions: SessionsSeq<'a>,
 }
 
-struct SessionsSeq<'a>(&'a OrdMap<SessionId, SessionRecord>);
+struct SessionsSeq<'a>(&'a OrdMap<SessionId, Arc<SessionRecord>>);
 
 impl Serialize for SessionsSeq<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
