@@ -564,6 +564,20 @@ async fn serve(
     // Every request is measured (unless metrics are off) by one service around the whole router.
     let metrics = context.metrics();
     let app = Measured::new(app, metrics.enabled().then(|| metrics.http()));
+    // Requests proxied here over hop channels are served by the same application.
+    let hop_app = app.clone();
+    context
+        .replica()
+        .hop_server()
+        .set_service(crate::proxy::hop::HopService::new(move |request| {
+            let mut app = hop_app.clone();
+            Box::pin(async move {
+                match tower_service::Service::call(&mut app, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            })
+        }));
     // Alerts and periodic backups stop as soon as the node starts leaving: its own shutdown raises no
     // alert, and a leaving leader starts no backup. Both always start, whatever the file says: they
     // read `<alerts>` and `<backup>` from the live configuration, so a reload can turn them on.
@@ -617,6 +631,9 @@ async fn serve(
         .await;
     leaving.cancel();
     http_stop.cancel();
+    let hop = context.replica().hop_server().clone();
+    hop.close();
+    let drain_started = tokio::time::Instant::now();
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => warn!(node = %name, error = %err, "HTTP server ended with an error"),
@@ -625,6 +642,11 @@ async fn serve(
             warn!(node = %name, "in-flight requests not finished after {DRAIN_TIMEOUT:?}; closing them");
             server.abort();
         }
+    }
+    // Requests that arrived over hop channels finish within the same allowance.
+    let left = DRAIN_TIMEOUT.saturating_sub(drain_started.elapsed());
+    if tokio::time::timeout(left, hop.drained()).await.is_err() {
+        warn!(node = %name, in_flight = hop.in_flight(), "proxied requests not finished after {DRAIN_TIMEOUT:?}; closing them");
     }
     context.replica().shutdown().await;
     context.membership().leave().await;

@@ -10,6 +10,8 @@
 //! bodies are forwarded once, streaming, and a failure is answered with an error instead of a retry.
 //! Upgrades (WebSocket) are not proxied: `Upgrade` is a hop-by-hop header and is removed.
 
+pub mod hop;
+
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -77,6 +79,8 @@ impl Default for ProxySettings {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -86,7 +90,16 @@ pub enum ProxyError {
         /// The member's name.
         target: String,
         /// What the client reported.
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
+    },
+    /// The member answered that it did not serve the request (it is shutting down, say); it may
+    /// be sent elsewhere whatever its method.
+    #[error("member {target} refused the request: {reason}")]
+    Refused {
+        /// The member's name.
+        target: String,
+        /// Why.
+        reason: String,
     },
     /// The connection failed after the request was (partly) written, before response headers arrived.
     #[error("member {target} failed before responding")]
@@ -94,7 +107,7 @@ pub enum ProxyError {
         /// The member's name.
         target: String,
         /// What the client reported.
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
         /// Whether any of the request body had been handed to the connection.
         body_sent: bool,
     },
@@ -125,7 +138,7 @@ impl ProxyError {
     /// a connect failure always; a failure after sending only for an `idempotent` request.
     pub fn is_retryable(&self, idempotent: bool) -> bool {
         match self {
-            ProxyError::Connect { .. } => true,
+            ProxyError::Connect { .. } | ProxyError::Refused { .. } => true,
             ProxyError::BeforeResponse { .. } | ProxyError::Timeout { .. } => idempotent,
             ProxyError::InvalidUri { .. } | ProxyError::ClientBody { .. } => false,
         }
@@ -135,6 +148,7 @@ impl ProxyError {
     pub fn target(&self) -> Option<&str> {
         match self {
             ProxyError::Connect { target, .. }
+            | ProxyError::Refused { target, .. }
             | ProxyError::BeforeResponse { target, .. }
             | ProxyError::Timeout { target }
             | ProxyError::InvalidUri { target, .. } => Some(target),
@@ -244,6 +258,8 @@ pub struct Proxy {
     connect_timeout_nanos: AtomicU64,
     clients: Mutex<HashMap<String, Member>>,
     health: Mutex<HashMap<String, Health>>,
+    /// Hop channels for requests held in memory, when enabled.
+    hop: Option<hop::HopClient>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -271,6 +287,7 @@ impl Proxy {
             connect_timeout_nanos: AtomicU64::new(nanos(settings.connect_timeout)),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
+            hop: None,
         }
     }
 
@@ -279,6 +296,9 @@ impl Proxy {
     pub fn drop_pool(&self, name: &str) {
         lock(&self.clients).remove(name);
         lock(&self.health).remove(name);
+        if let Some(hop) = &self.hop {
+            hop.forget(name);
+        }
     }
 
     /// Changes the connect timeout. A member's client keeps the timeout it was built with, so the
@@ -323,18 +343,7 @@ impl Proxy {
             target: target.name.clone(),
             source,
         })?;
-        // The pool speaks HTTP/1.1 whatever the client spoke to us.
-        parts.version = Version::HTTP_11;
-        remove_hop_by_hop(&mut parts.headers);
-        append_forwarded_for(&mut parts.headers, client_ip);
-        if !parts.headers.contains_key(X_FORWARDED_PROTO) {
-            parts
-                .headers
-                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
-        parts
-            .headers
-            .insert(HeaderName::from_static(HOP_HEADER), self.hop_value.clone());
+        self.prepare_head(&mut parts, client_ip);
 
         // Retry safety depends on whether the body was consumed, and blame on who failed: watch both.
         let body_sent = Arc::new(AtomicBool::new(false));
@@ -361,11 +370,11 @@ impl Proxy {
             }
             Ok(Err(source)) if source.is_connect() => ProxyError::Connect {
                 target: target.name.clone(),
-                source,
+                source: Box::new(source),
             },
             Ok(Err(source)) => ProxyError::BeforeResponse {
                 target: target.name.clone(),
-                source,
+                source: Box::new(source),
                 body_sent: body_sent.load(Ordering::Relaxed),
             },
             Err(_elapsed) => ProxyError::Timeout {
@@ -375,6 +384,91 @@ impl Proxy {
         tracing::debug!(node = %self.self_name, peer = %target.name, error = %error, "proxy attempt failed");
         self.record_failure(&target.name);
         Err(error)
+    }
+
+    /// Rewrites a request head for the member: HTTP/1.1, hop-by-hop fields removed, the client named
+    /// in `X-Forwarded-For`, and the hop header that makes the member serve it itself.
+    fn prepare_head(&self, parts: &mut Parts, client_ip: IpAddr) {
+        // The pool speaks HTTP/1.1 whatever the client spoke to us.
+        parts.version = Version::HTTP_11;
+        remove_hop_by_hop(&mut parts.headers);
+        append_forwarded_for(&mut parts.headers, client_ip);
+        if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+            parts
+                .headers
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        parts
+            .headers
+            .insert(HeaderName::from_static(HOP_HEADER), self.hop_value.clone());
+    }
+
+    /// Sends hop-eligible requests over hop channels opened with `client` (see [`hop`]).
+    pub fn with_hop(mut self, client: hop::HopClient) -> Proxy {
+        self.hop = Some(client);
+        self
+    }
+
+    /// Whether requests held in memory go over hop channels.
+    pub fn uses_hop(&self) -> bool {
+        self.hop.is_some()
+    }
+
+    /// [`Proxy::forward_within`] for a request held in memory: over the member's hop channel when
+    /// this proxy has them and the member takes them, else over HTTP.
+    pub async fn forward_replayable(
+        &self,
+        target: &Target,
+        request: &ReplayableRequest,
+        client_ip: IpAddr,
+        response_timeout: Duration,
+    ) -> Result<Response, ProxyError> {
+        if let (Some(hop), Some(cluster_addr)) = (&self.hop, target.cluster_addr)
+            && hop.usable(&target.name, cluster_addr)
+        {
+            let mut parts = request.parts.clone();
+            self.prepare_head(&mut parts, client_ip);
+            let sent = hop
+                .send(
+                    &target.name,
+                    cluster_addr,
+                    &parts,
+                    &request.body,
+                    self.connect_timeout(),
+                    response_timeout,
+                )
+                .await;
+            let name = || target.name.clone();
+            let error = match sent {
+                Ok(mut response) => {
+                    self.record_success(&target.name);
+                    remove_hop_by_hop(response.headers_mut());
+                    return Ok(response);
+                }
+                Err(hop::HopError::Unsupported) => None,
+                Err(hop::HopError::Connect(source)) => Some(ProxyError::Connect {
+                    target: name(),
+                    source: Box::new(source),
+                }),
+                Err(hop::HopError::Refused(reason)) => Some(ProxyError::Refused {
+                    target: name(),
+                    reason,
+                }),
+                Err(hop::HopError::Lost(reason)) => Some(ProxyError::BeforeResponse {
+                    target: name(),
+                    source: reason.into(),
+                    body_sent: true,
+                }),
+                Err(hop::HopError::Timeout(_)) => Some(ProxyError::Timeout { target: name() }),
+            };
+            if let Some(error) = error {
+                tracing::debug!(node = %self.self_name, peer = %target.name, error = %error, "proxy attempt failed");
+                self.record_failure(&target.name);
+                return Err(error);
+            }
+        }
+        self.forward_within(target, request.to_request(), client_ip, response_timeout)
+            .await
     }
 
     /// Counts a failed exchange with `name`; the threshold-th consecutive one ejects it, and so does any
@@ -591,6 +685,7 @@ mod tests {
         Target {
             name: name.to_owned(),
             http_addr,
+            cluster_addr: None,
         }
     }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::balancer::{BalancerSnapshot, InFlight, LoadBalancer, RoutingKey, for_strategy};
-use crate::config::{HashKey, NodeConfig, Strategy};
+use crate::config::{HashKey, NodeConfig, Strategy, Transport};
 use crate::membership::{MemberState, Membership};
 use crate::proxy::{
     HOP_HEADER, PreparedRequest, Proxy, ProxySettings, RETRY_BUFFER_LIMIT, buffer_for_retry,
@@ -95,14 +95,30 @@ impl Routing {
             }),
             cookie: config.cluster.sessions.cookie.clone(),
             in_flight,
-            proxy: Proxy::with_settings(
-                &config.me.name,
-                ProxySettings {
-                    connect_timeout: balancer.connect_timeout,
-                    response_timeout: balancer.response_timeout,
-                    ..ProxySettings::default()
-                },
-            ),
+            proxy: {
+                let proxy = Proxy::with_settings(
+                    &config.me.name,
+                    ProxySettings {
+                        connect_timeout: balancer.connect_timeout,
+                        response_timeout: balancer.response_timeout,
+                        ..ProxySettings::default()
+                    },
+                );
+                match balancer.transport {
+                    Transport::Hop => proxy.with_hop(crate::proxy::hop::HopClient::new(
+                        crate::raft::network::PeerClient::new(
+                            &config.cluster.cluster_id,
+                            &config.me.name,
+                            config
+                                .secrets
+                                .gossip_key
+                                .as_ref()
+                                .map(crate::security::PeerKey::new),
+                        ),
+                    )),
+                    Transport::Http => proxy,
+                }
+            },
             snapshot: ArcSwap::from_pointee(BalancerSnapshot::default()),
             counters: std::sync::Mutex::new(BTreeMap::new()),
             served_locally: AtomicU64::new(0),
@@ -319,6 +335,14 @@ fn bad_gateway(message: String) -> Response {
 /// application can recognise a replay (the demo counter does) and answer it without doing it twice.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// One attempt's request: held in memory (and sent again on a retryable failure) or sent once.
+// Lives on the stack for one attempt; boxing the request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Attempt<'a> {
+    Held(&'a crate::proxy::ReplayableRequest),
+    Once(Request),
+}
+
 /// The middleware: serve here or proxy to the owner, moving to the next candidate on failure.
 pub async fn route(
     State(routing): State<Arc<Routing>>,
@@ -361,15 +385,19 @@ pub async fn route(
         let Some(target) = snapshot.targets().get(index) else {
             continue;
         };
-        let request = match (&replayable, streaming.take()) {
-            (Some(replayable), _) => replayable.to_request(),
-            (None, Some(request)) => request,
+        let attempt_request = match (&replayable, streaming.take()) {
+            (Some(replayable), _) => Attempt::Held(replayable),
+            (None, Some(request)) => Attempt::Once(request),
             (None, None) => break,
         };
         if attempt > 0 {
             routing.retried.fetch_add(1, Ordering::Relaxed);
         }
         if target.name == routing.me {
+            let request = match attempt_request {
+                Attempt::Held(replayable) => replayable.to_request(),
+                Attempt::Once(request) => request,
+            };
             let response = routing.serve_here(request, next.clone()).await;
             let unavailable = response
                 .headers()
@@ -384,8 +412,21 @@ pub async fn route(
         counters.proxied.fetch_add(1, Ordering::Relaxed);
         let result = {
             let _guard = routing.in_flight.guard(&target.name);
+            let (proxy, ip, timeout) = (&routing.proxy, peer.ip(), policy.response_timeout);
+            let forward = async {
+                match attempt_request {
+                    Attempt::Held(replayable) => {
+                        proxy
+                            .forward_replayable(target, replayable, ip, timeout)
+                            .await
+                    }
+                    Attempt::Once(request) => {
+                        proxy.forward_within(target, request, ip, timeout).await
+                    }
+                }
+            };
             tokio::select! {
-                result = routing.proxy.forward_within(target, request, peer.ip(), policy.response_timeout) => result,
+                result = forward => result,
                 () = routing.gone(&target.name) => Err(crate::proxy::ProxyError::Timeout {
                     target: target.name.clone(),
                 }),

@@ -5,6 +5,7 @@
 //! snapshots) are postcard-encoded, and every message type has a golden file under `tests/golden/`.
 
 pub mod gossip;
+pub mod hop;
 pub mod raft;
 pub mod wire;
 

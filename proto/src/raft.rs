@@ -418,6 +418,10 @@ pub enum PeerRequest {
     /// A follower asks the leader up to which index it must apply before serving a
     /// linearizable read.
     ReadIndex,
+    /// Turn this connection into a hop channel (see [`crate::hop`]); answered by
+    /// [`PeerResponse::HopOpened`], after which both sides speak hop frames only. A node that does
+    /// not know this request drops the connection, and the asking node proxies over HTTP instead.
+    OpenHop,
 }
 
 /// A peer RPC response, one per request, in order.
@@ -450,6 +454,8 @@ pub enum PeerResponse {
         /// Apply up to this log index before reading (`None`: nothing committed yet).
         index: Option<u64>,
     },
+    /// Answer to `OpenHop`: from the next frame on, this connection is a hop channel.
+    HopOpened,
 }
 
 /// Largest frame body accepted or sent (64 MiB); snapshots are sent in smaller chunks.
@@ -482,6 +488,24 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
         .ok_or(FrameError::TooLarge { len })?;
     let mut buf = buf;
     buf[..FRAME_HEADER_BYTES].copy_from_slice(&header.to_be_bytes());
+    Ok(buf)
+}
+
+/// Appends `message` to `buf` as one frame (as [`encode_frame`] makes it), so that many frames can
+/// be written with one system call.
+pub fn encode_frame_into<T: Serialize>(
+    message: &T,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let mut buf = postcard::to_extend(message, buf).map_err(FrameError::Encode)?;
+    let len = buf.len() - start - FRAME_HEADER_BYTES;
+    let header = u32::try_from(len)
+        .ok()
+        .filter(|_| len <= MAX_FRAME_BYTES)
+        .ok_or(FrameError::TooLarge { len })?;
+    buf[start..start + FRAME_HEADER_BYTES].copy_from_slice(&header.to_be_bytes());
     Ok(buf)
 }
 

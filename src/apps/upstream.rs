@@ -53,6 +53,7 @@ impl Upstream {
             target: Target {
                 name: format!("{node}-upstream"),
                 http_addr: addr,
+                cluster_addr: None,
             },
             proxy: Proxy::new(node),
             cookie: cookie.to_string(),

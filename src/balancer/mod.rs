@@ -33,6 +33,8 @@ pub struct Target {
     pub name: String,
     /// Where it serves HTTP.
     pub http_addr: SocketAddr,
+    /// Its peer port, where hop channels are opened (`None`: reach it over HTTP only).
+    pub cluster_addr: Option<SocketAddr>,
 }
 
 /// What routes a request: the session cookie value when present, else the client IP.
@@ -75,6 +77,7 @@ impl BalancerSnapshot {
                 member.http_addr.map(|http_addr| Target {
                     name: member.name.clone(),
                     http_addr,
+                    cluster_addr: Some(member.cluster_addr),
                 })
             })
             .collect();
@@ -167,6 +170,7 @@ pub(crate) mod tests {
             .map(|i| Target {
                 name: format!("node-{i}"),
                 http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080 + i)),
+                cluster_addr: None,
             })
             .collect()
     }
@@ -238,6 +242,7 @@ pub(crate) mod tests {
         input.push(Target {
             name: "node-2".into(),
             http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9999)),
+            cluster_addr: None,
         });
         let snapshot = BalancerSnapshot::from_targets(input);
         let names: Vec<&str> = snapshot.targets().iter().map(|t| t.name.as_str()).collect();

@@ -347,6 +347,36 @@ impl fmt::Display for HashKey {
     }
 }
 
+/// How proxied requests travel to the member that serves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Requests held in memory over the member's hop channel (its peer port, many requests per
+    /// connection); streaming bodies over HTTP.
+    #[default]
+    Hop,
+    /// Everything over pooled HTTP/1.1 connections to the member's HTTP port.
+    Http,
+}
+
+impl Transport {
+    /// Every transport, in the order messages list them.
+    pub const ALL: [Transport; 2] = [Transport::Hop, Transport::Http];
+
+    /// The spelling used in the file, e.g. `"hop"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Hop => "hop",
+            Transport::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Balancer settings (`<balancer>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BalancerConfig {
@@ -360,6 +390,8 @@ pub struct BalancerConfig {
     pub connect_timeout: Duration,
     /// How long a member may take to send response headers, counted from the start of the exchange.
     pub response_timeout: Duration,
+    /// How proxied requests travel (fixed at start: a reload does not change it).
+    pub transport: Transport,
 }
 
 impl Default for BalancerConfig {
@@ -370,6 +402,7 @@ impl Default for BalancerConfig {
             retries: DEFAULT_RETRIES,
             connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
             response_timeout: Duration::from_millis(DEFAULT_RESPONSE_TIMEOUT_MS),
+            transport: Transport::default(),
         }
     }
 }

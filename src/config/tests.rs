@@ -11,7 +11,7 @@ const FULL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   <gossip interval-ms="200" phi-threshold="9.5" dead-after-ms="4000"/>
   <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300" remove-after-ms="5000" snapshot-every="2000"/>
   <sessions ttl-seconds="60" cookie="SID" max-bytes="2048"/>
-  <balancer strategy="round-robin" key="ip" retries="0" connect-timeout-ms="250" response-timeout-ms="5000"/>
+  <balancer strategy="round-robin" key="ip" retries="0" connect-timeout-ms="250" response-timeout-ms="5000" transport="http"/>
   <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token"/>
   <app docroot="www" upstream="http://127.0.0.1:9000"/>
   <nodes>
@@ -128,6 +128,7 @@ fn full_file_parses_every_value() {
             retries: 0,
             connect_timeout: Duration::from_millis(250),
             response_timeout: Duration::from_millis(5000),
+            transport: Transport::Http,
         }
     );
     assert_eq!(

@@ -480,6 +480,7 @@ fn balancer(element: &RawElement, ctx: &Ctx<'_>) -> Result<BalancerConfig, Confi
             "retries",
             "connect-timeout-ms",
             "response-timeout-ms",
+            "transport",
         ],
     )?;
     ctx.no_children(element)?;
@@ -494,6 +495,12 @@ fn balancer(element: &RawElement, ctx: &Ctx<'_>) -> Result<BalancerConfig, Confi
         "key",
         HashKey::default(),
         &HashKey::ALL.map(|k| (k.as_str(), k)),
+    )?;
+    let transport = ctx.choice(
+        element,
+        "transport",
+        Transport::default(),
+        &Transport::ALL.map(|t| (t.as_str(), t)),
     )?;
     let retries = ctx.whole(
         element,
@@ -539,6 +546,7 @@ fn balancer(element: &RawElement, ctx: &Ctx<'_>) -> Result<BalancerConfig, Confi
         retries: u32::try_from(retries).unwrap_or(DEFAULT_RETRIES),
         connect_timeout: Duration::from_millis(connect_timeout),
         response_timeout: Duration::from_millis(response_timeout),
+        transport,
     })
 }
 

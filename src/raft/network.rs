@@ -142,6 +142,19 @@ pub static PEER_TRAFFIC: PeerTraffic = PeerTraffic {
 };
 
 impl PeerTraffic {
+    /// Counts frames sent outside this module (hop channels).
+    pub(crate) fn record_sent(&self, bytes: usize, frames: u64) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames_sent.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Counts frames received outside this module (hop channels).
+    pub(crate) fn record_received(&self, bytes: usize, frames: u64) {
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames_received.fetch_add(frames, Ordering::Relaxed);
+    }
+
     /// `(bytes sent, bytes received, frames sent, frames received)` since start.
     pub fn snapshot(&self) -> (u64, u64, u64, u64) {
         (
@@ -167,6 +180,12 @@ impl PeerStream {
             stream,
             ciphers: None,
         }
+    }
+
+    /// The socket, its peer's address and, after a keyed handshake, the `(sending, receiving)`
+    /// ciphers, for a connection that goes on with another framing (a hop channel).
+    pub(crate) fn into_parts(self) -> (TcpStream, Option<(FrameCipher, FrameCipher)>) {
+        (self.stream, self.ciphers)
     }
 }
 
@@ -464,6 +483,19 @@ impl PeerClient {
         Ok(stream)
     }
 
+    /// Opens a connection to `addr` and turns it into a hop channel (see [`crate::proxy::hop`]).
+    pub(crate) async fn open_hop(&self, addr: SocketAddr) -> Result<PeerStream, PeerError> {
+        let mut stream = self.connect(addr).await?;
+        write_frame(&mut stream, addr, &PeerRequest::OpenHop).await?;
+        match read_frame(&mut stream, addr, MAX_HELLO_BYTES).await? {
+            PeerResponse::HopOpened => Ok(stream),
+            other => Err(PeerError::Protocol {
+                addr,
+                reason: format!("asked for a hop channel, got {other:?}"),
+            }),
+        }
+    }
+
     fn take_idle(&self, addr: SocketAddr) -> Option<PeerStream> {
         let mut idle = self
             .inner
@@ -549,6 +581,11 @@ impl PeerClient {
 pub trait PeerHandler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, request: PeerRequest) -> impl Future<Output = PeerResponse> + Send;
+
+    /// Serves hop channels, if this node does (see [`crate::proxy::hop`]).
+    fn hop_server(&self) -> Option<Arc<crate::proxy::hop::HopServer>> {
+        None
+    }
 }
 
 /// Accepts peer connections until `shutdown`; with a `key`, only from peers that prove they hold it.
@@ -627,6 +664,15 @@ async fn serve_connection<H: PeerHandler>(
                 }
                 Err(err) => return Err(err),
             };
+        if let PeerRequest::OpenHop = request {
+            let Some(server) = handler.hop_server() else {
+                let refusal = PeerResponse::Error("this node serves no hop channels".to_string());
+                write_frame(&mut stream, addr, &refusal).await?;
+                continue;
+            };
+            write_frame(&mut stream, addr, &PeerResponse::HopOpened).await?;
+            return server.serve_channel(stream, addr).await;
+        }
         let response = handler.handle(request).await;
         write_frame(&mut stream, addr, &response).await?;
     }

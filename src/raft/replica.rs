@@ -89,6 +89,8 @@ pub struct Replica {
     expired_total: AtomicU64,
     created_total: AtomicU64,
     deleted_total: AtomicU64,
+    /// Serves the hop channels other members open to the peer port.
+    hop: Arc<crate::proxy::hop::HopServer>,
 }
 
 /// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
@@ -221,6 +223,7 @@ impl Replica {
             expired_total: AtomicU64::new(0),
             created_total: AtomicU64::new(0),
             deleted_total: AtomicU64::new(0),
+            hop: crate::proxy::hop::HopServer::new(),
         });
         info!(node = %config.me.name, raft_id = id, pristine, "raft store opened in {}", data_dir.display());
 
@@ -540,7 +543,18 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// The server of hop channels opened to this node (the node gives it its application).
+    pub fn hop_server(&self) -> &Arc<crate::proxy::hop::HopServer> {
+        &self.hop
+    }
+}
+
 impl PeerHandler for Replica {
+    fn hop_server(&self) -> Option<Arc<crate::proxy::hop::HopServer>> {
+        Some(self.hop.clone())
+    }
+
     async fn handle(&self, request: PeerRequest) -> PeerResponse {
         match request {
             PeerRequest::AppendEntries(rpc) => match self.raft.append_entries(rpc).await {
@@ -571,6 +585,10 @@ impl PeerHandler for Replica {
                 }
                 Err(err) => PeerResponse::Error(err.to_string()),
             },
+            // The connection loop turns the connection into a hop channel before this is reached.
+            PeerRequest::OpenHop => {
+                PeerResponse::Error("a hop channel is opened on a fresh connection".to_string())
+            }
         }
     }
 }
