@@ -20,6 +20,8 @@ use proto::raft::{
 /// Every decoder that reads bytes from the network or the disk; only a panic fails. (Postcard
 /// accepts over-long varints, so a decoded value need not re-encode to the same bytes: harmless.)
 fn decode_everything(bytes: &[u8]) {
+    let _ = proto::decode::<proto::hop::HopUp>(bytes);
+    let _ = proto::decode::<proto::hop::HopDown>(bytes);
     let _ = proto::decode::<SessionCommand>(bytes);
     let _ = proto::decode::<Vec<CommandResponse>>(bytes);
     let _ = proto::decode::<SessionRecord>(bytes);

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use micro_tomcat_proto as proto;
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
 use proptest::prelude::*;
+use proto::hop::{HopDown, HopHeader, HopRequest, HopUp};
 use proto::raft::{
     CommandResponse, Entry, Hello, LogId, PEER_WIRE_VERSION, PeerAuth, PeerNode, PeerRequest,
     PeerResponse, SessionCommand, SessionId, SessionRecord, SessionSnapshot, StoredMembership,
@@ -315,8 +316,73 @@ fn peer_read_index() {
     );
 }
 
+#[test]
+fn hop_channel() {
+    check_debug("peer_request_open_hop", &PeerRequest::OpenHop);
+    check_debug("peer_response_hop_opened", &PeerResponse::HopOpened);
+    let header = |name: &str, value: &[u8]| HopHeader {
+        name: name.to_string(),
+        value: value.to_vec(),
+    };
+    check(
+        "hop_up_request",
+        &HopUp::Request(HopRequest {
+            stream: 7,
+            method: "POST".to_string(),
+            target: "/app/counter?x=1".to_string(),
+            headers: vec![
+                header("cookie", b"MTSESSIONID=abc"),
+                header("x-raw", &[0xff, b'a']),
+            ],
+            body: b"{\"n\":1}".to_vec(),
+        }),
+    );
+    check("hop_up_cancel", &HopUp::Cancel { stream: 7 });
+    check(
+        "hop_up_credit",
+        &HopUp::Credit {
+            stream: 7,
+            bytes: 65_536,
+        },
+    );
+    check(
+        "hop_down_head",
+        &HopDown::Head {
+            stream: 7,
+            status: 200,
+            headers: vec![header("x-served-by", b"node-2")],
+            body: b"hello".to_vec(),
+            end: false,
+        },
+    );
+    check(
+        "hop_down_data",
+        &HopDown::Data {
+            stream: 7,
+            chunk: b" world".to_vec(),
+            end: true,
+        },
+    );
+    check(
+        "hop_down_reset",
+        &HopDown::Reset {
+            stream: 7,
+            reason: "response body failed".to_string(),
+        },
+    );
+    check(
+        "hop_down_refused",
+        &HopDown::Refused {
+            stream: 8,
+            reason: "the member is shutting down".to_string(),
+        },
+    );
+}
+
 /// Decodes `bytes` as every message type; only a panic fails.
 fn decode_everything(bytes: &[u8]) {
+    let _ = proto::decode::<HopUp>(bytes);
+    let _ = proto::decode::<HopDown>(bytes);
     let _ = proto::decode::<SessionCommand>(bytes);
     let _ = proto::decode::<CommandResponse>(bytes);
     let _ = proto::decode::<Vec<CommandResponse>>(bytes);
