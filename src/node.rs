@@ -187,6 +187,7 @@ impl NodeContext {
             key: routing.key().as_str().to_string(),
             connect_timeout_ms: routing.connect_timeout().as_millis() as u64,
             response_timeout_ms: routing.response_timeout().as_millis() as u64,
+            transport: if routing.uses_hop() { "hop" } else { "http" }.to_string(),
             members: routing.members(),
             targets: routing.stats(),
         });

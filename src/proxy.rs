@@ -157,6 +157,10 @@ impl ProxyError {
     }
 }
 
+/// Marks a response that came over a hop channel (for the per-member counters in status).
+#[derive(Debug, Clone, Copy)]
+pub struct OverHop;
+
 /// Whether sending `method` twice has the effect of sending it once (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
     [
@@ -443,6 +447,7 @@ impl Proxy {
                 Ok(mut response) => {
                     self.record_success(&target.name);
                     remove_hop_by_hop(response.headers_mut());
+                    response.extensions_mut().insert(OverHop);
                     return Ok(response);
                 }
                 Err(hop::HopError::Unsupported) => None,

@@ -120,6 +120,9 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
     if old.metrics != new.metrics {
         restart.push("<metrics>");
     }
+    if old.balancer.transport != new.balancer.transport {
+        restart.push("<balancer transport>");
+    }
     (applied, restart)
 }
 
@@ -354,9 +357,11 @@ mod tests {
     fn restart_only_changes_are_named() {
         let (applied, restart) = compare(
             &config(r#"<metrics enabled="true"/>"#),
-            &config(r#"<gossip interval-ms="200"/><metrics enabled="false"/>"#),
+            &config(
+                r#"<gossip interval-ms="200"/><metrics enabled="false"/><balancer transport="http"/>"#,
+            ),
         );
         assert!(applied.is_empty(), "{applied:?}");
-        assert_eq!(restart, ["<gossip>", "<metrics>"]);
+        assert_eq!(restart, ["<gossip>", "<metrics>", "<balancer transport>"]);
     }
 }

@@ -31,6 +31,7 @@ use crate::proxy::{
 #[derive(Debug, Default)]
 struct TargetCounters {
     proxied: AtomicU64,
+    over_hop: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -41,6 +42,8 @@ pub struct TargetStats {
     pub name: String,
     /// Requests this node proxied to it.
     pub proxied: u64,
+    /// Of those, answered over its hop channel (the rest went over HTTP).
+    pub over_hop: u64,
     /// Proxy attempts to it that failed.
     pub failures: u64,
     /// Requests in flight to it (or served here, for this node).
@@ -235,6 +238,11 @@ impl Routing {
         self.policy.load().response_timeout
     }
 
+    /// Whether requests held in memory are proxied over hop channels (`<balancer transport="hop">`).
+    pub fn uses_hop(&self) -> bool {
+        self.proxy.uses_hop()
+    }
+
     /// The proxy connect timeout in use (for connections opened from now on).
     pub fn connect_timeout(&self) -> Duration {
         self.proxy.connect_timeout()
@@ -250,6 +258,7 @@ impl Routing {
                 let stats = TargetStats {
                     name: name.clone(),
                     proxied: counters.proxied.load(Ordering::Relaxed),
+                    over_hop: counters.over_hop.load(Ordering::Relaxed),
                     failures: counters.failures.load(Ordering::Relaxed),
                     in_flight: self.in_flight.get(&name),
                     ejected: ejected.contains(&name),
@@ -262,6 +271,7 @@ impl Routing {
             TargetStats {
                 name: self.me.clone(),
                 proxied: self.served_locally.load(Ordering::Relaxed),
+                over_hop: 0,
                 failures: 0,
                 in_flight: self.in_flight.get(&self.me),
                 ejected: false,
@@ -445,7 +455,16 @@ pub async fn route(
                 last_error = format!("{}'s application is unavailable", target.name);
                 continue;
             }
-            Ok(response) => return response,
+            Ok(response) => {
+                if response
+                    .extensions()
+                    .get::<crate::proxy::OverHop>()
+                    .is_some()
+                {
+                    counters.over_hop.fetch_add(1, Ordering::Relaxed);
+                }
+                return response;
+            }
             Err(err) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
                 let retry = err.is_retryable(idempotent) && replayable.is_some();

@@ -54,11 +54,16 @@ async fn routes_to_all(cluster: &Cluster, members: usize) {
 
 /// Requests `viewer` proxied to `target` (or served itself, when they are the same).
 async fn proxied(cluster: &Cluster, viewer: &str, target: &str) -> u64 {
+    target_figure(cluster, viewer, target, "proxied").await
+}
+
+/// A figure of `target` in `viewer`'s `balancer.targets`.
+async fn target_figure(cluster: &Cluster, viewer: &str, target: &str, figure: &str) -> u64 {
     let status = cluster.status(viewer).await.expect("status");
     status["balancer"]["targets"]
         .as_array()
         .and_then(|targets| targets.iter().find(|t| t["name"] == target))
-        .and_then(|t| t["proxied"].as_u64())
+        .and_then(|t| t[figure].as_u64())
         .unwrap_or(0)
 }
 
@@ -116,6 +121,22 @@ async fn sessions_stick_to_their_owner_and_survive_its_death() {
             "via {entry}"
         );
         expected += 1;
+    }
+    // The entry nodes that were not the owner proxied those requests over hop channels.
+    for name in ["node-1", "node-2", "node-3"]
+        .into_iter()
+        .filter(|n| *n != owner)
+    {
+        let status = cluster.status(name).await.expect("status");
+        assert_eq!(status["balancer"]["transport"], "hop");
+        let (sent, over_hop) = (
+            proxied(&cluster, name, &owner).await,
+            target_figure(&cluster, name, &owner, "over_hop").await,
+        );
+        assert!(
+            sent >= 3 && over_hop == sent,
+            "{name}: {over_hop} of {sent} over hop"
+        );
     }
 
     // Failover under load: a client loop through the survivors while the owner is killed.

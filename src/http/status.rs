@@ -97,6 +97,8 @@ pub struct BalancerStatus {
     pub connect_timeout_ms: u64,
     /// Proxy response timeout in ms (`<balancer response-timeout-ms>`, as applied).
     pub response_timeout_ms: u64,
+    /// How proxied requests travel: `hop` or `http` (`<balancer transport>`).
+    pub transport: String,
     /// Members that receive work.
     pub members: Vec<String>,
     /// Per member: requests this node proxied there (served here, for this node), failures, in flight.
@@ -172,6 +174,7 @@ impl ClusterStatus {
             key: &'a str,
             connect_timeout_ms: u64,
             response_timeout_ms: u64,
+            transport: &'a str,
             members: Names<'a>,
             targets: Targets<'a>,
         }
@@ -213,6 +216,7 @@ impl ClusterStatus {
                 key: &balancer.key,
                 connect_timeout_ms: balancer.connect_timeout_ms,
                 response_timeout_ms: balancer.response_timeout_ms,
+                transport: &balancer.transport,
                 members: Names {
                     name: &balancer.members,
                 },
