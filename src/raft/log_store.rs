@@ -62,6 +62,7 @@ const PAYLOAD_CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub struct LogStore {
     log: Arc<Mutex<RaftLog<WalTypes>>>,
     dir: Arc<PathBuf>,
+    trash: Arc<super::trash::ChunkTrash>,
 }
 
 impl Debug for LogStore {
@@ -95,6 +96,7 @@ impl LogStore {
         Ok(LogStore {
             log: Arc::new(Mutex::new(log)),
             dir: Arc::new(dir.to_path_buf()),
+            trash: super::trash::ChunkTrash::open(dir),
         })
     }
 
@@ -275,12 +277,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        // The chunks this purge lets go of are freed by the trash, not by the log's sync worker.
+        self.trash.keep_aside();
         self.lock()
             .and_then(|mut log| log.purge(WalLogId(log_id)).map(drop))
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush_and_wait()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.trash
+            .clone()
+            .collect_later(super::trash::COLLECT_AFTER);
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ pub mod log_store;
 pub mod network;
 pub mod replica;
 pub mod state_machine;
+mod trash;
 
 use std::io;
 use std::path::{Path, PathBuf};

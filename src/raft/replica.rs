@@ -184,8 +184,13 @@ impl Replica {
             // 2.2 × `election-timeout-ms` instead of 2.5–3 ×.
             election_timeout_max: election_ms + election_ms / 5,
             // Snapshots are triggered by writes applied (see `take_snapshots`): an entry can hold a
-            // whole batch. Counting entries too is a backstop; each holds at least one write.
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(raft_config.snapshot_every),
+            // whole batch, and `take_snapshots` waits longer for a large store. Counting entries too
+            // is a backstop, far enough out that it does not fire first.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(
+                raft_config
+                    .snapshot_every
+                    .saturating_mul(SNAPSHOT_BACKSTOP_FACTOR),
+            ),
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT
                 .min(raft_config.snapshot_every / 10),
             max_payload_entries: 1_000,
@@ -904,10 +909,24 @@ async fn flush_touches(replica: Arc<Replica>, shutdown: CancellationToken) {
 
 /// Every node compacts its own log: once `every` session writes were applied since the latest
 /// snapshot, it builds a new one (openraft then purges the log behind it).
+/// openraft's own entry-count trigger is this many times `<raft snapshot-every>`.
+const SNAPSHOT_BACKSTOP_FACTOR: u64 = 10;
+
+/// Writes after which a node whose latest snapshot held `sessions` sessions takes its next one:
+/// `every`, or as many writes as that snapshot held sessions when that is more, times
+/// `1 + spread`. A snapshot costs in proportion to the sessions it holds (at most the previous
+/// snapshot's plus the writes since), so waiting for as many writes as the last one held keeps the
+/// share of time spent on snapshots bounded however large the store grows; the log since the last
+/// snapshot is then at most about as large as that snapshot.
+fn snapshot_due_after(every: u64, sessions: u64, spread: f64) -> u64 {
+    let base = every.max(sessions) as f64;
+    (base * (1.0 + spread)) as u64
+}
+
 async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: CancellationToken) {
     // Every node applies the same writes, so without a spread all of them would serialize their
     // whole store at the same moment; each waits up to a quarter more, by its own id.
-    let every = every + replica.id % (every / 4 + 1);
+    let spread = (replica.id % 1001) as f64 / 4000.0;
     let mut tick = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -916,7 +935,7 @@ async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: Cancellatio
             _ = tick.tick() => {}
         }
         let pending = replica.reader.writes_since_snapshot();
-        if pending < every {
+        if pending < snapshot_due_after(every, replica.reader.sessions_at_snapshot(), spread) {
             continue;
         }
         // Tests watch for this line to act while the snapshot is being built.
@@ -938,5 +957,22 @@ async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: Cancellatio
                 _ = tick.tick() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due_after;
+
+    #[test]
+    fn a_larger_store_waits_for_proportionally_more_writes_between_snapshots() {
+        // Up to `every` sessions: every `every` writes, plus the node's spread.
+        assert_eq!(snapshot_due_after(100_000, 0, 0.0), 100_000);
+        assert_eq!(snapshot_due_after(100_000, 99_999, 0.0), 100_000);
+        assert_eq!(snapshot_due_after(100_000, 50_000, 0.25), 125_000);
+        // Beyond: as many writes as sessions held, so snapshot work per write stays bounded.
+        assert_eq!(snapshot_due_after(100_000, 400_000, 0.0), 400_000);
+        assert_eq!(snapshot_due_after(100_000, 400_000, 0.1), 440_000);
+        assert_eq!(snapshot_due_after(500, 10_000, 0.0), 10_000);
     }
 }

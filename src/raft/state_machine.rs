@@ -78,6 +78,8 @@ struct Shared {
     writes_applied: AtomicU64,
     /// `writes_applied` when the latest snapshot was taken or installed.
     writes_at_snapshot: AtomicU64,
+    /// Sessions in the latest snapshot taken, installed or loaded at start.
+    sessions_at_snapshot: AtomicU64,
     /// Snapshots taken or installed since the process started.
     snapshot_marks: AtomicU64,
 }
@@ -287,15 +289,16 @@ impl Shared {
         self.snapshot_dir.join(SNAPSHOT_FILE)
     }
 
-    /// Writes a snapshot file durably (temp file, fsync, rename, fsync of the directory).
-    /// With `only_if_newer`, keeps an existing snapshot that covers more of the log.
+    /// Writes a snapshot file durably (temp file, fsync, rename, fsync of the directory); `write`
+    /// fills the temp file and returns the size of the snapshot data. With `only_if_newer`, keeps
+    /// an existing snapshot that covers more of the log (and returns `None`).
     /// Blocking: call from a blocking thread.
     fn persist_snapshot(
         &self,
         meta: &SnapshotMeta,
-        data: &[u8],
         only_if_newer: bool,
-    ) -> Result<(), io::Error> {
+        write: impl FnOnce(&mut std::fs::File) -> Result<u64, io::Error>,
+    ) -> Result<Option<u64>, io::Error> {
         let _io = self
             .snapshot_io
             .lock()
@@ -304,23 +307,17 @@ impl Shared {
             && let Some(existing) = self.current_snapshot().as_ref()
             && existing.last_log_id > meta.last_log_id
         {
-            return Ok(());
+            return Ok(None);
         }
         let temp = self.snapshot_dir.join(SNAPSHOT_TEMP_FILE);
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&proto::raft::snapshot_file_header(&meta.snapshot_id, data))?;
-        // Synced piece by piece: one sync of a 100 MB file would queue the Raft log's own small
-        // syncs behind it on the same disk and stall every write for the duration.
-        for piece in data.chunks(SNAPSHOT_SYNC_EVERY_BYTES) {
-            file.write_all(piece)?;
-            file.sync_data()?;
-        }
+        let size = write(&mut file)?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&temp, self.snapshot_path())?;
         std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
         *self.current_snapshot() = Some(meta.clone());
-        Ok(())
+        Ok(Some(size))
     }
 
     /// The current snapshot's meta and data, read from its file. Blocking: call from a
@@ -394,6 +391,7 @@ impl SessionStateMachine {
             Err(source) => return Err(RaftStorageError::ReadSnapshot { path, source }),
         };
         let (expired_tx, _) = broadcast::channel(EXPIRED_EVENTS_CAPACITY);
+        let sessions_at_snapshot = state.sessions.len() as u64;
         Ok(SessionStateMachine {
             shared: Arc::new(Shared {
                 state: RwLock::new(state),
@@ -404,6 +402,7 @@ impl SessionStateMachine {
                 expired_tx,
                 writes_applied: AtomicU64::new(0),
                 writes_at_snapshot: AtomicU64::new(0),
+                sessions_at_snapshot: AtomicU64::new(sessions_at_snapshot),
                 snapshot_marks: AtomicU64::new(0),
             }),
         })
@@ -498,6 +497,12 @@ impl SessionReader {
         applied.saturating_sub(self.shared.writes_at_snapshot.load(Ordering::Relaxed))
     }
 
+    /// Sessions held by the latest snapshot taken or installed (or loaded at start): what the
+    /// snapshot policy scales with.
+    pub fn sessions_at_snapshot(&self) -> u64 {
+        self.shared.sessions_at_snapshot.load(Ordering::Relaxed)
+    }
+
     /// Changes each time a snapshot is taken or installed.
     pub fn snapshot_mark(&self) -> u64 {
         self.shared.snapshot_marks.load(Ordering::Relaxed)
@@ -563,7 +568,7 @@ async fn in_background<T: Send + 'static>(
 
 /// Makes the calling thread nice 10 (on Linux, priority is per thread); where that fails, the work
 /// simply runs at normal priority.
-fn lower_this_threads_priority() {
+pub(super) fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority takes plain integers and changes only the calling thread's nice value.
     unsafe {
@@ -574,23 +579,41 @@ fn lower_this_threads_priority() {
 /// A snapshot file is written and synced this many bytes at a time.
 const SNAPSHOT_SYNC_EVERY_BYTES: usize = 1024 * 1024;
 
-fn encode_snapshot(state: &SessionState) -> Vec<u8> {
-    // Sized up front (data plus a generous allowance for each record's id, version, times and
-    // lengths): a 100 MB snapshot is then written once, not regrown and copied as it fills.
-    let estimate = state
-        .sessions
-        .values()
-        .map(|record| record.data.len() + 64)
-        .sum::<usize>()
-        + 4096;
-    proto::encode_with_capacity(
-        &SnapshotView {
-            last_applied: &state.last_applied,
-            last_membership: &state.last_membership,
-            sessions: SessionsSeq(&state.sessions),
-        },
-        estimate,
+/// Writes `state` as a snapshot file into `file`, encoding it piece by piece and syncing each
+/// piece: one sync of a 100 MB file would queue the Raft log's own small syncs behind it on the
+/// same disk and stall every write for the duration, and the whole snapshot is never held in
+/// memory as one buffer.
+fn write_snapshot(
+    file: &mut std::fs::File,
+    meta: &SnapshotMeta,
+    state: &SessionState,
+) -> Result<u64, io::Error> {
+    let view = SnapshotView {
+        last_applied: &state.last_applied,
+        last_membership: &state.last_membership,
+        sessions: SessionsSeq(&state.sessions),
+    };
+    proto::raft::write_snapshot_file(
+        file,
+        &meta.snapshot_id,
+        &view,
+        SNAPSHOT_SYNC_EVERY_BYTES,
+        |file| file.sync_data(),
     )
+}
+
+/// Writes received snapshot `data` into `file`, synced piece by piece (see [`write_snapshot`]).
+fn write_received_snapshot(
+    file: &mut std::fs::File,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<u64, io::Error> {
+    file.write_all(&proto::raft::snapshot_file_header(&meta.snapshot_id, data))?;
+    for piece in data.chunks(SNAPSHOT_SYNC_EVERY_BYTES) {
+        file.write_all(piece)?;
+        file.sync_data()?;
+    }
+    Ok(data.len() as u64)
 }
 
 fn snapshot_error(meta: Option<&SnapshotMeta>, reason: impl ToString) -> StorageError<u64> {
@@ -607,6 +630,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SessionSnapshotBuilder {
             self.shared
                 .writes_at_snapshot
                 .store(writes, Ordering::Relaxed);
+            self.shared
+                .sessions_at_snapshot
+                .store(state.sessions.len() as u64, Ordering::Relaxed);
             self.shared.snapshot_marks.fetch_add(1, Ordering::Relaxed);
             state.clone()
         };
@@ -625,11 +651,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SessionSnapshotBuilder {
         };
         let shared = self.shared.clone();
         let task_meta = meta.clone();
-        let data = in_background(move || {
-            let data = encode_snapshot(&state);
-            shared
-                .persist_snapshot(&task_meta, &data, true)
-                .map(|()| data)
+        let written = in_background(move || {
+            shared.persist_snapshot(&task_meta, true, |file| {
+                write_snapshot(file, &task_meta, &state)
+            })
         })
         .await
         .map_err(|e| snapshot_error(Some(&meta), e))?
@@ -642,10 +667,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SessionSnapshotBuilder {
                 ),
             )
         })?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built session snapshot");
+        match written {
+            Some(bytes) => {
+                tracing::info!(snapshot_id = %meta.snapshot_id, bytes, "built session snapshot")
+            }
+            None => {
+                tracing::info!(snapshot_id = %meta.snapshot_id, "kept a newer snapshot already on disk")
+            }
+        }
+        // openraft 0.9 keeps only the meta of a snapshot it asked for (followers are sent the file,
+        // through `get_current_snapshot`), so the data is not read back into memory here.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -741,7 +775,9 @@ impl RaftStateMachine<TypeConfig> for SessionStateMachine {
             }
             // Durable first: a crash after this restarts from the installed snapshot.
             shared
-                .persist_snapshot(&task_meta, &data, false)
+                .persist_snapshot(&task_meta, false, |file| {
+                    write_received_snapshot(file, &task_meta, &data)
+                })
                 .map_err(|e| format!("cannot write {}: {e}", shared.snapshot_path().display()))?;
             Ok(SessionState::from_snapshot(decoded))
         })
@@ -749,6 +785,9 @@ impl RaftStateMachine<TypeConfig> for SessionStateMachine {
         .map_err(|e| format!("snapshot task failed: {e}"))
         .and_then(|result| result)
         .map_err(|reason| snapshot_error(Some(meta), reason))?;
+        self.shared
+            .sessions_at_snapshot
+            .store(new_state.sessions.len() as u64, Ordering::Relaxed);
         *self.shared.write() = new_state;
         let writes = self.shared.writes_applied.load(Ordering::Relaxed);
         self.shared
