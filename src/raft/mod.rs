@@ -2,6 +2,8 @@
 //!
 //! On disk, under a node's data dir:
 //! - `raft-log/` — the Raft log and vote ([`LogStore`], the `raft-log` crate's chunk files);
+//! - `raft-log-trash/` — second names of closed chunk files, freed in the background once purged
+//!   (`trash`);
 //! - `snapshot/current.snap` — the latest session snapshot ([`SessionStateMachine`]).
 //!
 //! openraft drives both through [`LogStore`] (`RaftLogStorage`) and [`SessionStateMachine`]
