@@ -1155,6 +1155,22 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// Sends a request with a fixed tag to the test member.
+    async fn ask(
+        client: &HopClient,
+        addr: SocketAddr,
+        method: Method,
+        target: &str,
+        body: &'static [u8],
+        response_timeout: Duration,
+    ) -> Result<Response, HopError> {
+        let head = head(method, target, b"t");
+        let body = Bytes::from_static(body);
+        client
+            .send("member", addr, &head, &body, SECOND, response_timeout)
+            .await
+    }
+
     async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !condition() {
@@ -1211,16 +1227,7 @@ mod tests {
         concurrent_echoes(client, member.addr, 20).await;
         // Without the key the channel cannot even be opened, and nothing was served.
         let stranger = HopClient::new(PeerClient::new("demo", "stranger", key(4)));
-        let refused = stranger
-            .send(
-                "member",
-                member.addr,
-                &head(Method::GET, "/echo", b"t"),
-                &Bytes::new(),
-                SECOND,
-                SECOND,
-            )
-            .await;
+        let refused = ask(&stranger, member.addr, Method::GET, "/echo", b"", SECOND).await;
         assert!(
             matches!(refused, Err(HopError::Unsupported | HopError::Connect(_))),
             "{refused:?}"
@@ -1232,15 +1239,7 @@ mod tests {
     async fn a_large_body_streams_within_the_window_of_what_the_client_took() {
         let member = Harness::start(true, None).await;
         let client = HopClient::new(PeerClient::new("demo", "forwarder", None));
-        let response = client
-            .send(
-                "member",
-                member.addr,
-                &head(Method::GET, "/big", b"t"),
-                &Bytes::new(),
-                SECOND,
-                10 * SECOND,
-            )
+        let response = ask(&client, member.addr, Method::GET, "/big", b"", 10 * SECOND)
             .await
             .expect("response");
         // Nobody reads the body yet: the member stops at the window (plus the chunk it holds).
@@ -1276,16 +1275,15 @@ mod tests {
     async fn a_response_timeout_cancels_the_request_on_the_member() {
         let member = Harness::start(true, None).await;
         let client = HopClient::new(PeerClient::new("demo", "forwarder", None));
-        let result = client
-            .send(
-                "member",
-                member.addr,
-                &head(Method::GET, "/slow", b"t"),
-                &Bytes::new(),
-                SECOND,
-                Duration::from_millis(300),
-            )
-            .await;
+        let result = ask(
+            &client,
+            member.addr,
+            Method::GET,
+            "/slow",
+            b"",
+            Duration::from_millis(300),
+        )
+        .await;
         assert!(matches!(result, Err(HopError::Timeout(_))), "{result:?}");
         let (hop, probe) = (member.hop.clone(), member.probe.clone());
         wait_until("the member stops the abandoned request", || {
@@ -1302,32 +1300,14 @@ mod tests {
         let slow = {
             let client = client.clone();
             let addr = member.addr;
-            tokio::spawn(async move {
-                client
-                    .send(
-                        "member",
-                        addr,
-                        &head(Method::GET, "/slow", b"t"),
-                        &Bytes::new(),
-                        SECOND,
-                        30 * SECOND,
-                    )
-                    .await
-            })
+            tokio::spawn(
+                async move { ask(&client, addr, Method::GET, "/slow", b"", 30 * SECOND).await },
+            )
         };
         let hop = member.hop.clone();
         wait_until("the slow request is being served", || hop.in_flight() == 1).await;
         member.hop.close();
-        let refused = client
-            .send(
-                "member",
-                member.addr,
-                &head(Method::POST, "/echo", b"t"),
-                &Bytes::from_static(b"x"),
-                SECOND,
-                SECOND,
-            )
-            .await;
+        let refused = ask(&client, member.addr, Method::POST, "/echo", b"x", SECOND).await;
         assert!(matches!(refused, Err(HopError::Refused(_))), "{refused:?}");
         // The member goes away with the slow request still open: its client learns at once.
         member.stop().await;
@@ -1338,16 +1318,7 @@ mod tests {
         assert!(matches!(lost, Err(HopError::Lost(_))), "{lost:?}");
         assert_eq!(member.hop.in_flight(), 0);
         // Nobody listens any more: the next request cannot connect (and was never sent).
-        let refused = client
-            .send(
-                "member",
-                member.addr,
-                &head(Method::POST, "/echo", b"t"),
-                &Bytes::from_static(b"x"),
-                SECOND,
-                SECOND,
-            )
-            .await;
+        let refused = ask(&client, member.addr, Method::POST, "/echo", b"x", SECOND).await;
         assert!(matches!(refused, Err(HopError::Connect(_))), "{refused:?}");
     }
 
@@ -1356,16 +1327,7 @@ mod tests {
         let member = Harness::start(false, None).await;
         let client = HopClient::new(PeerClient::new("demo", "forwarder", None));
         assert!(client.usable("member", member.addr));
-        let result = client
-            .send(
-                "member",
-                member.addr,
-                &head(Method::GET, "/echo", b"t"),
-                &Bytes::new(),
-                SECOND,
-                SECOND,
-            )
-            .await;
+        let result = ask(&client, member.addr, Method::GET, "/echo", b"", SECOND).await;
         assert!(matches!(result, Err(HopError::Unsupported)), "{result:?}");
         assert!(!client.usable("member", member.addr));
         member.stop().await;
@@ -1375,30 +1337,21 @@ mod tests {
     async fn garbage_on_a_hop_channel_ends_that_channel_only() {
         let member = Harness::start(true, None).await;
         let peers = PeerClient::new("demo", "forwarder", None);
-        let (mut socket, _) = peers
-            .open_hop(member.addr)
-            .await
-            .expect("open")
-            .into_parts();
-        // A length far over the limit, then bytes that are no message at all.
-        socket
-            .write_all(&[0xff, 0xff, 0xff, 0xf0, 1, 2, 3])
-            .await
-            .expect("write");
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(5 * SECOND, socket.read_to_end(&mut rest)).await;
-        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
-        let (mut socket, _) = peers
-            .open_hop(member.addr)
-            .await
-            .expect("open")
-            .into_parts();
-        socket
-            .write_all(&[0, 0, 0, 3, 9, 9, 9])
-            .await
-            .expect("write");
-        let closed = tokio::time::timeout(5 * SECOND, socket.read_to_end(&mut rest)).await;
-        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        // A length far over the limit; then a frame whose bytes are no message at all.
+        for garbage in [
+            &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3][..],
+            &[0, 0, 0, 3, 9, 9, 9],
+        ] {
+            let (mut socket, _) = peers
+                .open_hop(member.addr)
+                .await
+                .expect("open")
+                .into_parts();
+            socket.write_all(garbage).await.expect("write");
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(5 * SECOND, socket.read_to_end(&mut rest)).await;
+            assert!(matches!(closed, Ok(Ok(0))), "{garbage:?}: {closed:?}");
+        }
         // The member serves the next channel as if nothing happened.
         let client = Arc::new(HopClient::new(peers));
         concurrent_echoes(client, member.addr, 5).await;
