@@ -199,6 +199,10 @@ async fn write_loop<T: Serialize>(
 ) -> Result<(), PeerError> {
     while let Some(message) = outgoing.recv().await {
         writer.push(&message)?;
+        // Let the tasks that are ready to run (other requests, other responses) queue their
+        // frames first: under load one write then carries many, and when nothing else is ready
+        // this costs one trip through the scheduler.
+        tokio::task::yield_now().await;
         while writer.buf.len() < WRITE_BATCH_BYTES {
             match outgoing.try_recv() {
                 Ok(message) => writer.push(&message)?,
