@@ -1159,6 +1159,11 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// A client that forwards to the test member, without a cluster key.
+    fn forwarder() -> HopClient {
+        HopClient::new(PeerClient::new("demo", "forwarder", None))
+    }
+
     /// Sends a request with a fixed tag to the test member.
     async fn ask(
         client: &HopClient,
@@ -1217,7 +1222,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_share_one_channel_and_each_gets_its_own_response() {
         let member = Harness::start(true, None).await;
-        let client = Arc::new(HopClient::new(PeerClient::new("demo", "forwarder", None)));
+        let client = Arc::new(forwarder());
         concurrent_echoes(client.clone(), member.addr, 200).await;
         assert_eq!(lock(&client.members).len(), 1);
         assert_eq!(member.hop.in_flight(), 0);
@@ -1242,7 +1247,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_body_streams_within_the_window_of_what_the_client_took() {
         let member = Harness::start(true, None).await;
-        let client = HopClient::new(PeerClient::new("demo", "forwarder", None));
+        let client = forwarder();
         let response = ask(&client, member.addr, Method::GET, "/big", b"", 10 * SECOND)
             .await
             .expect("response");
@@ -1278,7 +1283,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_timeout_cancels_the_request_on_the_member() {
         let member = Harness::start(true, None).await;
-        let client = HopClient::new(PeerClient::new("demo", "forwarder", None));
+        let client = forwarder();
         let result = ask(
             &client,
             member.addr,
@@ -1300,7 +1305,7 @@ mod tests {
     #[tokio::test]
     async fn a_closing_member_refuses_and_a_dead_one_fails_what_it_held() {
         let member = Harness::start(true, None).await;
-        let client = Arc::new(HopClient::new(PeerClient::new("demo", "forwarder", None)));
+        let client = Arc::new(forwarder());
         let slow = {
             let client = client.clone();
             let addr = member.addr;
@@ -1329,7 +1334,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_without_hop_channels_is_reached_over_http_for_a_while() {
         let member = Harness::start(false, None).await;
-        let client = HopClient::new(PeerClient::new("demo", "forwarder", None));
+        let client = forwarder();
         assert!(client.usable("member", member.addr));
         let result = ask(&client, member.addr, Method::GET, "/echo", b"", SECOND).await;
         assert!(matches!(result, Err(HopError::Unsupported)), "{result:?}");
