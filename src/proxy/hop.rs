@@ -493,11 +493,9 @@ impl HopClient {
             opening: tokio::sync::Mutex::new(()),
             http_until: Mutex::new(None),
         });
-        if let Some(old) = members.insert(name.to_owned(), member.clone())
-            && let Some(channel) = old.current.swap(None)
-        {
-            channel.fail("the member moved to another address");
-        }
+        // A channel to the old address is only forgotten: requests in flight on it finish there,
+        // and it closes when the last of them is done.
+        members.insert(name.to_owned(), member.clone());
         member
     }
 
@@ -508,13 +506,11 @@ impl HopClient {
         until.is_none_or(|until| until <= Instant::now())
     }
 
-    /// Closes the channel to member `name`, if open (it went down or left).
+    /// Forgets the channel to member `name` (it went down or left): new requests open another, and
+    /// the old one closes once the requests in flight on it are done. A member that leaves finishes
+    /// those; for one that is down, the router abandons them itself (and its connection fails).
     pub fn forget(&self, name: &str) {
-        if let Some(member) = lock(&self.members).remove(name)
-            && let Some(channel) = member.current.swap(None)
-        {
-            channel.fail("the member went away");
-        }
+        lock(&self.members).remove(name);
     }
 
     /// The open channel to member `name`, opening one within `connect_timeout` if needed.
@@ -1078,11 +1074,17 @@ mod tests {
             )
             .route(
                 "/slow",
-                get(move || async move {
-                    let _count = DropCount(probe);
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    "late"
-                }),
+                get(
+                    move |axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+                        let _count = DropCount(probe);
+                        // `?ms=N` answers after N ms; otherwise after 30 s.
+                        let ms = query
+                            .and_then(|q| q.strip_prefix("ms=").and_then(|n| n.parse().ok()))
+                            .unwrap_or(30_000);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        "late"
+                    },
+                ),
             )
     }
 
@@ -1329,6 +1331,40 @@ mod tests {
         // Nobody listens any more: the next request cannot connect (and was never sent).
         let refused = ask(&client, member.addr, Method::POST, "/echo", b"x", SECOND).await;
         assert!(matches!(refused, Err(HopError::Connect(_))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_channel_finishes_what_is_in_flight_then_closes() {
+        let member = Harness::start(true, None).await;
+        let client = Arc::new(forwarder());
+        let slow = {
+            let client = client.clone();
+            let addr = member.addr;
+            tokio::spawn(async move {
+                ask(&client, addr, Method::GET, "/slow?ms=300", b"", 10 * SECOND).await
+            })
+        };
+        let hop = member.hop.clone();
+        wait_until("the slow request is being served", || hop.in_flight() == 1).await;
+        // The member announced it is leaving: the router forgets its channel.
+        client.forget("member");
+        let done = tokio::time::timeout(5 * SECOND, slow)
+            .await
+            .expect("the request ends")
+            .expect("task")
+            .expect("answered on the forgotten channel");
+        assert_eq!(done.status(), StatusCode::OK);
+        let body = done.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"late");
+        // Nothing is left running on the member for it.
+        let server_side = Arc::clone(&member.hop);
+        wait_until("the member finished", || server_side.in_flight() == 0).await;
+        // The next request opens a new channel.
+        let again = ask(&client, member.addr, Method::POST, "/echo", b"x", SECOND)
+            .await
+            .expect("a new channel");
+        assert_eq!(again.status(), StatusCode::OK);
+        member.stop().await;
     }
 
     #[tokio::test]
