@@ -291,6 +291,10 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
     // API), and tower-sessions would delete a cookie whose value is not one of its own ids.
     let application = application
         .layer(session_layer)
+        // Outside the session layer: a save that fails after the handler gets a status and a reason.
+        .layer(axum::middleware::from_fn(
+            crate::session::store::explain_save_failures,
+        ))
         .merge(tail)
         .layer(stamp.clone())
         .layer(axum::middleware::from_fn_with_state(

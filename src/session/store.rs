@@ -51,6 +51,58 @@ fn backend(err: impl std::fmt::Display) -> Error {
     Error::Backend(err.to_string())
 }
 
+/// Why the session layer's save after a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SaveFailure {
+    /// Another request changed the session since this one loaded it; nothing was written.
+    Conflict(String),
+    /// The store could not take the write (no leader, say).
+    Unavailable(String),
+}
+
+tokio::task_local! {
+    /// Set around each request by [`explain_save_failures`].
+    static SAVE_FAILURE: std::cell::RefCell<Option<SaveFailure>>;
+}
+
+/// Records why a save failed, for [`explain_save_failures`] (nothing happens outside its scope).
+fn note_save_failure(failure: SaveFailure) {
+    let _ = SAVE_FAILURE.try_with(|slot| {
+        slot.borrow_mut().get_or_insert(failure);
+    });
+}
+
+/// Middleware around the session layer. tower-sessions answers a failed save (after the handler ran)
+/// with an empty 500; this answers 409 with the reason when another request changed the session
+/// meanwhile (nothing was written), or 503 with the reason when the store was unavailable.
+pub async fn explain_save_failures(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (response, failure) = SAVE_FAILURE
+        .scope(std::cell::RefCell::new(None), async {
+            let response = next.run(request).await;
+            (response, SAVE_FAILURE.with(|slot| slot.borrow_mut().take()))
+        })
+        .await;
+    if response.status() != axum::http::StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
+    let (status, reason) = match failure {
+        Some(SaveFailure::Conflict(reason)) => (axum::http::StatusCode::CONFLICT, reason),
+        Some(SaveFailure::Unavailable(reason)) => {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
+        None => return response,
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": format!("session not saved: {reason}") })),
+    )
+        .into_response()
+}
+
 impl ClusterStore {
     /// A store writing through `replica`, refusing sessions larger than `max_bytes`, giving every
     /// session the idle TTL in `ttl_ms`.
@@ -72,6 +124,47 @@ impl ClusterStore {
 
     fn encode(&self, record: &Record) -> Result<(String, Option<u64>)> {
         encode(record, self.max_bytes)
+    }
+
+    /// Writes `record` over the version it was loaded at (compare-and-set); see [`SessionStore::save`].
+    async fn save_record(&self, record: &Record) -> Result<()> {
+        let (data, loaded) = self.encode(record)?;
+
+        let id = to_session_id(&record.id);
+        let ttl = self.ttl();
+        let put = SessionCommand::Put {
+            id,
+            data: data.clone(),
+            expected_version: loaded,
+            ttl_ms: Some(ttl),
+            now_ms: now_ms(),
+        };
+        match self.replica.write(put).await.map_err(backend)?.1 {
+            CommandResponse::Updated(_) => Ok(()),
+            // Expired (or deleted) meanwhile: the client still holds the cookie, so bring it back.
+            CommandResponse::NotFound => {
+                let create = SessionCommand::Create {
+                    id,
+                    data,
+                    ttl_ms: ttl,
+                    now_ms: now_ms(),
+                };
+                match self.replica.write(create).await.map_err(backend)?.1 {
+                    CommandResponse::Created(_) | CommandResponse::AlreadyExists => Ok(()),
+                    other => Err(backend(format!("unexpected answer to create: {other:?}"))),
+                }
+            }
+            CommandResponse::VersionMismatch { current } => {
+                let reason = format!(
+                    "session {id} was changed by another request meanwhile (now version {current}, \
+                     this request read version {}); nothing written",
+                    loaded.unwrap_or_default()
+                );
+                note_save_failure(SaveFailure::Conflict(reason.clone()));
+                Err(backend(reason))
+            }
+            other => Err(backend(format!("unexpected answer to save: {other:?}"))),
+        }
     }
 }
 
@@ -122,38 +215,11 @@ impl SessionStore for ClusterStore {
     }
 
     async fn save(&self, record: &Record) -> Result<()> {
-        let (data, loaded) = self.encode(record)?;
-        let id = to_session_id(&record.id);
-        let ttl = self.ttl();
-        let put = SessionCommand::Put {
-            id,
-            data: data.clone(),
-            expected_version: loaded,
-            ttl_ms: Some(ttl),
-            now_ms: now_ms(),
-        };
-        match self.replica.write(put).await.map_err(backend)?.1 {
-            CommandResponse::Updated(_) => Ok(()),
-            // Expired (or deleted) meanwhile: the client still holds the cookie, so bring it back.
-            CommandResponse::NotFound => {
-                let create = SessionCommand::Create {
-                    id,
-                    data,
-                    ttl_ms: ttl,
-                    now_ms: now_ms(),
-                };
-                match self.replica.write(create).await.map_err(backend)?.1 {
-                    CommandResponse::Created(_) | CommandResponse::AlreadyExists => Ok(()),
-                    other => Err(backend(format!("unexpected answer to create: {other:?}"))),
-                }
-            }
-            CommandResponse::VersionMismatch { current } => Err(backend(format!(
-                "session {id} was changed by another request meanwhile (now version {current}, this \
-                 request read version {}); nothing written",
-                loaded.unwrap_or_default()
-            ))),
-            other => Err(backend(format!("unexpected answer to save: {other:?}"))),
+        let saved = self.save_record(record).await;
+        if let Err(err) = &saved {
+            note_save_failure(SaveFailure::Unavailable(err.to_string()));
         }
+        saved
     }
 
     async fn load(&self, id: &Id) -> Result<Option<Record>> {
@@ -210,6 +276,62 @@ mod tests {
             (r#"{"count":5}"#.to_string(), Some(12))
         );
         assert!(matches!(encode(&record, 5), Err(Error::Encode(_))));
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_is_answered_with_its_reason() {
+        use axum::http::StatusCode;
+        use tower::ServiceExt;
+        async fn answer(
+            status: StatusCode,
+            failure: Option<SaveFailure>,
+        ) -> (StatusCode, serde_json::Value) {
+            let app = axum::Router::new()
+                .route(
+                    "/",
+                    axum::routing::get(move || async move {
+                        // What the session layer does after the handler: save, and on failure 500.
+                        if let Some(failure) = failure {
+                            note_save_failure(failure);
+                        }
+                        status
+                    }),
+                )
+                .layer(axum::middleware::from_fn(explain_save_failures));
+            let request = axum::http::Request::new(axum::body::Body::empty());
+            let response = app.oneshot(request).await.expect("response");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            (
+                status,
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            )
+        }
+        let conflict =
+            SaveFailure::Conflict("session x was changed by another request meanwhile".into());
+        let (status, body) =
+            answer(StatusCode::INTERNAL_SERVER_ERROR, Some(conflict.clone())).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("changed by another request"))
+        );
+        let down = SaveFailure::Unavailable("no Raft leader".into());
+        let (status, body) = answer(StatusCode::INTERNAL_SERVER_ERROR, Some(down)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no Raft leader"))
+        );
+        // A 500 that is not a failed save, and a noted failure the handler answered itself, pass.
+        let (status, _) = answer(StatusCode::INTERNAL_SERVER_ERROR, None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let (status, _) = answer(StatusCode::OK, Some(conflict)).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[test]
