@@ -427,9 +427,8 @@ impl Proxy {
         client_ip: IpAddr,
         response_timeout: Duration,
     ) -> Result<Response, ProxyError> {
-        if let (Some(hop), Some(cluster_addr)) = (&self.hop, target.cluster_addr)
-            && hop.usable(&target.name, cluster_addr)
-        {
+        // A member reached over HTTP for now answers `Unsupported` at once, before anything is sent.
+        if let (Some(hop), Some(cluster_addr)) = (&self.hop, target.cluster_addr) {
             let mut parts = request.parts.clone();
             self.prepare_head(&mut parts, client_ip);
             let sent = hop

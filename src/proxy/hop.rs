@@ -399,6 +399,8 @@ impl Drop for StreamGuard {
 
 /// A response body arriving over a hop channel, chunk by chunk; consuming it returns credit.
 struct HopBody {
+    /// Body bytes that came with the head (outside the window: not credited back).
+    first: Option<Bytes>,
     chunks: BodyReceiver,
     guard: StreamGuard,
     /// Bytes passed on and not yet credited back.
@@ -414,6 +416,9 @@ impl hyper::body::Body for HopBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
         match this.chunks.poll_recv(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.uncredited = this
@@ -459,6 +464,13 @@ struct MemberChannel {
     http_until: Mutex<Option<Instant>>,
 }
 
+impl MemberChannel {
+    /// False while the member is reached over HTTP (it refused a hop channel lately).
+    fn usable(&self) -> bool {
+        lock(&self.http_until).is_none_or(|until| until <= Instant::now())
+    }
+}
+
 /// Opens and keeps one hop channel per member, and sends requests over them.
 pub struct HopClient {
     peers: PeerClient,
@@ -501,9 +513,7 @@ impl HopClient {
 
     /// Whether requests to member `name` (peer port `addr`) should try a hop channel now.
     pub fn usable(&self, name: &str, addr: SocketAddr) -> bool {
-        let member = self.member(name, addr);
-        let until = *lock(&member.http_until);
-        until.is_none_or(|until| until <= Instant::now())
+        self.member(name, addr).usable()
     }
 
     /// Forgets the channel to member `name` (it went down or left): new requests open another, and
@@ -513,7 +523,8 @@ impl HopClient {
         lock(&self.members).remove(name);
     }
 
-    /// The open channel to member `name`, opening one within `connect_timeout` if needed.
+    /// The open channel to member `name`, opening one within `connect_timeout` if needed;
+    /// [`HopError::Unsupported`] while the member is reached over HTTP.
     async fn channel(
         &self,
         name: &str,
@@ -521,6 +532,9 @@ impl HopClient {
         connect_timeout: Duration,
     ) -> Result<Arc<Channel>, HopError> {
         let member = self.member(name, addr);
+        if !member.usable() {
+            return Err(HopError::Unsupported);
+        }
         if let Some(channel) = member.current.load_full().filter(|c| c.is_open()) {
             return Ok(channel);
         }
@@ -615,20 +629,12 @@ impl HopClient {
                 guard.done = true;
                 Body::from(head.body)
             }
-            Some(chunks) => {
-                let first = Bytes::from(head.body);
-                let rest = HopBody {
-                    chunks,
-                    guard,
-                    uncredited: 0,
-                };
-                if first.is_empty() {
-                    Body::new(rest)
-                } else {
-                    let first = http_body_util::Full::new(first).map_err(|never| match never {});
-                    Body::new(Chain::new(first, rest))
-                }
-            }
+            Some(chunks) => Body::new(HopBody {
+                first: (!head.body.is_empty()).then(|| Bytes::from(head.body)),
+                chunks,
+                guard,
+                uncredited: 0,
+            }),
         };
         Ok(response)
     }
@@ -681,43 +687,6 @@ fn open_channel(stream: PeerStream, addr: SocketAddr) -> Arc<Channel> {
         }
     });
     channel
-}
-
-/// One body, then another.
-struct Chain<A, B> {
-    first: Option<A>,
-    second: B,
-}
-
-impl<A, B> Chain<A, B> {
-    fn new(first: A, second: B) -> Self {
-        Chain {
-            first: Some(first),
-            second,
-        }
-    }
-}
-
-impl<A, B> hyper::body::Body for Chain<A, B>
-where
-    A: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin,
-    B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin,
-{
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if let Some(first) = &mut self.first {
-            match Pin::new(first).poll_frame(cx) {
-                Poll::Ready(None) => self.first = None,
-                other => return other,
-            }
-        }
-        Pin::new(&mut self.second).poll_frame(cx)
-    }
 }
 
 // ---------------------------------------------------------------- serving side
