@@ -524,6 +524,11 @@ pub(super) fn leader_addr(forward: &ForwardToLeader<NodeId, PeerNode>) -> Option
 }
 
 impl Replica {
+    /// The server of hop channels opened to this node (the node gives it its application).
+    pub fn hop_server(&self) -> &Arc<crate::proxy::hop::HopServer> {
+        &self.hop
+    }
+
     /// Proposes a forwarded write here and answers in peer-RPC terms.
     async fn answer_write(&self, command: SessionCommand) -> PeerResponse {
         match self.raft.client_write(command).await {
@@ -545,13 +550,6 @@ impl Replica {
             },
             Err(err) => PeerResponse::Error(err.to_string()),
         }
-    }
-}
-
-impl Replica {
-    /// The server of hop channels opened to this node (the node gives it its application).
-    pub fn hop_server(&self) -> &Arc<crate::proxy::hop::HopServer> {
-        &self.hop
     }
 }
 
@@ -907,8 +905,6 @@ async fn flush_touches(replica: Arc<Replica>, shutdown: CancellationToken) {
     }
 }
 
-/// Every node compacts its own log: once `every` session writes were applied since the latest
-/// snapshot, it builds a new one (openraft then purges the log behind it).
 /// openraft's own entry-count trigger is this many times `<raft snapshot-every>`.
 const SNAPSHOT_BACKSTOP_FACTOR: u64 = 10;
 
@@ -923,6 +919,8 @@ fn snapshot_due_after(every: u64, sessions: u64, spread: f64) -> u64 {
     (base * (1.0 + spread)) as u64
 }
 
+/// Every node compacts its own log: once [`snapshot_due_after`] session writes were applied since
+/// the latest snapshot, it builds a new one (openraft then purges the log behind it).
 async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: CancellationToken) {
     // Every node applies the same writes, so without a spread all of them would serialize their
     // whole store at the same moment; each waits up to a quarter more, by its own id.
