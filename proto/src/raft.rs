@@ -589,9 +589,9 @@ fn snapshot_file_prefix(snapshot_id: &str) -> (Vec<u8>, crc32fast::Hasher) {
 }
 
 /// Writes a snapshot file, byte for byte what [`encode_snapshot_file`] makes of the encoded
-/// `snapshot`, encoding it straight into `out` about a `piece` of bytes at a time (at least that
-/// much, except the last: one large field is not split): a large snapshot is never held in memory
-/// whole. `after_piece` runs after each piece is written (to sync it, say).
+/// `snapshot`, encoding it straight into `out` a `piece` of bytes at a time (the last one may be
+/// shorter): a large snapshot is never held in memory whole. `after_piece` runs after each piece is
+/// written (to sync it, say).
 /// The checksum is written last, over the header's placeholder. Returns the size of the data.
 pub fn write_snapshot_file<T: Serialize, W: std::io::Write + std::io::Seek>(
     out: &mut W,
@@ -600,6 +600,37 @@ pub fn write_snapshot_file<T: Serialize, W: std::io::Write + std::io::Seek>(
     piece: usize,
     after_piece: impl FnMut(&mut W) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
+    write_snapshot_file_with(out, snapshot_id, piece, after_piece, |pieces| {
+        postcard::to_io(snapshot, pieces)
+            .map(drop)
+            .map_err(std::io::Error::other)
+    })
+}
+
+/// [`write_snapshot_file`] for snapshot data already encoded (a snapshot received from the leader).
+pub fn write_snapshot_file_bytes<W: std::io::Write + std::io::Seek>(
+    out: &mut W,
+    snapshot_id: &str,
+    data: &[u8],
+    piece: usize,
+    after_piece: impl FnMut(&mut W) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    write_snapshot_file_with(out, snapshot_id, piece, after_piece, |pieces| {
+        std::io::Write::write_all(pieces, data)
+    })
+}
+
+/// Writes the header, lets `fill` write the data through [`Pieces`], then the checksum.
+fn write_snapshot_file_with<W: std::io::Write + std::io::Seek, F>(
+    out: &mut W,
+    snapshot_id: &str,
+    piece: usize,
+    after_piece: F,
+    fill: impl FnOnce(&mut Pieces<'_, W, F>) -> std::io::Result<()>,
+) -> std::io::Result<u64>
+where
+    F: FnMut(&mut W) -> std::io::Result<()>,
+{
     let (header, crc) = snapshot_file_prefix(snapshot_id);
     out.write_all(&header)?;
     let mut pieces = Pieces {
@@ -610,7 +641,7 @@ pub fn write_snapshot_file<T: Serialize, W: std::io::Write + std::io::Seek>(
         after_piece,
         total: 0,
     };
-    postcard::to_io(snapshot, &mut pieces).map_err(std::io::Error::other)?;
+    fill(&mut pieces)?;
     pieces.write_piece()?;
     let (out, checksum, total) = (pieces.out, pieces.crc.finalize(), pieces.total);
     out.seek(std::io::SeekFrom::Start(8))?;
@@ -647,9 +678,15 @@ impl<W: std::io::Write, F: FnMut(&mut W) -> std::io::Result<()>> std::io::Write
     for Pieces<'_, W, F>
 {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= self.piece {
-            self.write_piece()?;
+        // A long run of bytes (received snapshot data, a large session) is cut into pieces too.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let take = (self.piece - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() >= self.piece {
+                self.write_piece()?;
+            }
         }
         Ok(bytes.len())
     }
@@ -719,11 +756,22 @@ mod tests {
             let file = out.into_inner();
             assert_eq!(file, whole, "piece size {piece}");
             assert_eq!(written as usize, crate::encode(&snapshot).len());
-            // A piece is at least `piece` bytes (one large field is not split), the last one less.
-            assert!(
-                (1..=(written as usize).div_ceil(piece)).contains(&pieces),
-                "{pieces} pieces of {piece} bytes"
+            assert_eq!(
+                pieces,
+                (written as usize).div_ceil(piece),
+                "piece size {piece}"
             );
+            // Encoded data written as bytes gives the same file, in the same pieces.
+            let mut out = std::io::Cursor::new(Vec::new());
+            let encoded = crate::encode(&snapshot);
+            let mut byte_pieces = 0;
+            write_snapshot_file_bytes(&mut out, "1-2-3-0", &encoded, piece, |_| {
+                byte_pieces += 1;
+                Ok(())
+            })
+            .expect("write bytes");
+            assert_eq!(out.into_inner(), whole, "bytes, piece size {piece}");
+            assert_eq!(byte_pieces, pieces);
             let (id, data) = decode_snapshot_file(&file).expect("decodes");
             assert_eq!(
                 (id.as_str(), data),

@@ -11,7 +11,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Cursor, Write};
+use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -608,12 +608,13 @@ fn write_received_snapshot(
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<u64, io::Error> {
-    file.write_all(&proto::raft::snapshot_file_header(&meta.snapshot_id, data))?;
-    for piece in data.chunks(SNAPSHOT_SYNC_EVERY_BYTES) {
-        file.write_all(piece)?;
-        file.sync_data()?;
-    }
-    Ok(data.len() as u64)
+    proto::raft::write_snapshot_file_bytes(
+        file,
+        &meta.snapshot_id,
+        data,
+        SNAPSHOT_SYNC_EVERY_BYTES,
+        |file| file.sync_data(),
+    )
 }
 
 fn snapshot_error(meta: Option<&SnapshotMeta>, reason: impl ToString) -> StorageError<u64> {
