@@ -33,6 +33,8 @@ struct Browser {
     session: String,
     http: reqwest::Client,
     _profile: tempfile::TempDir,
+    /// chromedriver's log: kept when the test fails, removed when it passes.
+    log: PathBuf,
 }
 
 impl Browser {
@@ -70,6 +72,7 @@ impl Browser {
             session: String::new(),
             http,
             _profile: profile,
+            log: log.clone(),
         };
         wait_for("chromedriver ready", Duration::from_secs(20), || async {
             let status: Value = browser
@@ -248,6 +251,9 @@ impl Drop for Browser {
             .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
