@@ -18,6 +18,13 @@
 //! is reported as damage instead of being taken for a torn tail (which would silently drop every
 //! later record). Entries read back are checked against the log id they are stored under.
 //!
+//! Appends of the entries this node proposed as leader are *pipelined*: openraft hears of them at
+//! once and the fsync runs in the background, so replication starts without waiting for it. The
+//! [`Durability`] watermark then keeps the leader's copy out of every quorum until it is synced;
+//! see [`super::durable`] for why that is safe. Every other append (a follower's) is acknowledged
+//! after its fsync, as before. On open, every chunk file is synced first: entries a killed
+//! process left in the page cache count as durable only once they are on disk.
+//!
 //! `raft-log` refuses appends that do not follow the last entry. openraft truncates before it
 //! overwrites, so in a running node appends always follow; for the cases its conformance suite
 //! exercises, an append skips entries at or below the purge point (already in the snapshot) and
@@ -27,7 +34,7 @@ use std::fmt::Debug;
 use std::io::{self, Read};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -41,6 +48,7 @@ use raft_log::{RaftLog, Types};
 use tokio::sync::oneshot;
 
 use super::RaftStorageError;
+use super::durable::Durability;
 
 /// Largest encoded log entry accepted when reading the log back (a damaged length beyond it is
 /// damage, not a reason to allocate). The HTTP layer keeps session data far below this.
@@ -63,6 +71,9 @@ pub struct LogStore {
     log: Arc<Mutex<RaftLog<WalTypes>>>,
     dir: Arc<PathBuf>,
     trash: Arc<super::trash::ChunkTrash>,
+    durable: Durability,
+    /// This node's Raft id, once [`LogStore::pipeline_as`] turned pipelining on.
+    me: Arc<OnceLock<u64>>,
 }
 
 impl Debug for LogStore {
@@ -87,22 +98,52 @@ impl LogStore {
         // writes are batched before they reach Raft instead (see `super::batch`).
         config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
         config.log_cache_capacity = Some(PAYLOAD_CACHE_BYTES);
-        let log = RaftLog::<WalTypes>::open(Arc::new(config)).map_err(|source| {
-            RaftStorageError::OpenLog {
-                path: dir.to_path_buf(),
-                source,
-            }
-        })?;
+        let open_error = |source| RaftStorageError::OpenLog {
+            path: dir.to_path_buf(),
+            source,
+        };
+        sync_chunk_files(dir).map_err(open_error)?;
+        let log = RaftLog::<WalTypes>::open(Arc::new(config)).map_err(open_error)?;
+        let durable = Durability::new(log.log_state().last().map(|id| id.0));
         Ok(LogStore {
             log: Arc::new(Mutex::new(log)),
             dir: Arc::new(dir.to_path_buf()),
             trash: super::trash::ChunkTrash::open(dir),
+            durable,
+            me: Arc::new(OnceLock::new()),
         })
     }
 
     /// The directory holding the chunk files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How far the log is on disk; the network and the state machine wait on it.
+    pub fn durability(&self) -> Durability {
+        self.durable.clone()
+    }
+
+    /// Pipelines the appends of entries that node `id` (this node) proposes as leader: openraft
+    /// hears of them before their fsync (see the module docs). Call once, before Raft starts.
+    pub fn pipeline_as(&self, id: u64) {
+        if self.me.set(id).is_ok() {
+            self.durable.start_pipelining();
+        }
+    }
+
+    /// True when `entries` were proposed by this node as the leader of `vote`, its current vote:
+    /// only those appends are pipelined.
+    fn proposed_here(&self, vote: Option<&Vote>, entries: &[(WalLogId, WalPayload)]) -> bool {
+        let (Some(me), Some(vote)) = (self.me.get(), vote) else {
+            return false;
+        };
+        let leader = vote.leader_id;
+        vote.is_committed()
+            && leader.node_id == *me
+            && entries
+                .iter()
+                .all(|(id, _)| id.0.leader_id.term == leader.term && id.0.leader_id.node_id == *me)
     }
 
     /// True when this node has never voted nor held a log entry (a fresh data dir).
@@ -123,7 +164,18 @@ impl LogStore {
     /// Queues a synced flush and waits for the fsync.
     async fn flush_and_wait(&self) -> Result<(), io::Error> {
         let (tx, rx) = oneshot::channel();
-        self.lock()?.flush(true, Some(FlushDone::Notify(tx)))?;
+        {
+            let mut log = self.lock()?;
+            let upto = log.log_state().last().map(|id| id.0);
+            log.flush(
+                true,
+                Some(FlushDone::Notify {
+                    tx,
+                    durable: self.durable.clone(),
+                    upto,
+                }),
+            )?;
+        }
         rx.await
             .map_err(|_| io::Error::other("raft log flush worker stopped"))?
     }
@@ -235,8 +287,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| (WalLogId(entry.log_id), WalPayload(proto::encode(&entry))))
             .collect();
+        if let Some(err) = self.durable.failure() {
+            return Err(StorageIOError::write_logs(&err).into());
+        }
         let mut log = self.lock().map_err(|e| StorageIOError::write_logs(&e))?;
         let state = log.log_state();
+        let pipelined = self.proposed_here(state.vote().map(|v| &v.0), &records);
         let purged_index = state.purged().map(|id| id.0.index);
         let last_index = state.last().map(|id| id.0.index);
         // Entries at or below the purge point are committed and already in the snapshot.
@@ -254,9 +310,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         log.append(records)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // One synced flush per call; openraft learns of durability through the callback.
-        log.flush(true, Some(FlushDone::Appended(callback)))
+        // One synced flush per call. A follower's append is acknowledged by that flush's
+        // callback; the leader's own is acknowledged now, and the watermark follows the flush.
+        let durable = self.durable.clone();
+        let upto = log.log_state().last().map(|id| id.0);
+        if pipelined {
+            log.flush(true, Some(FlushDone::Synced { durable, upto }))
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            drop(log);
+            callback.log_io_completed(Ok(()));
+        } else {
+            log.flush(
+                true,
+                Some(FlushDone::Appended {
+                    callback,
+                    durable,
+                    upto,
+                }),
+            )
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
         Ok(())
     }
 
@@ -435,23 +508,71 @@ fn read_u64<R: io::Read>(mut r: R) -> Result<u64, io::Error> {
 }
 
 /// Who is told when a flush reaches the disk.
+/// What a synced flush reports to when it is done; each also moves the watermark to `upto`, the
+/// last entry the flush covers.
 pub(crate) enum FlushDone {
-    /// openraft, for an `append`.
-    Appended(LogFlushed<TypeConfig>),
+    /// openraft, for a follower's `append`.
+    Appended {
+        callback: LogFlushed<TypeConfig>,
+        durable: Durability,
+        upto: Option<LogId>,
+    },
+    /// Only the watermark, for a leader's pipelined `append`.
+    Synced {
+        durable: Durability,
+        upto: Option<LogId>,
+    },
     /// A task of ours waiting for a vote, truncate or purge to be durable.
-    Notify(oneshot::Sender<io::Result<()>>),
+    Notify {
+        tx: oneshot::Sender<io::Result<()>>,
+        durable: Durability,
+        upto: Option<LogId>,
+    },
+}
+
+impl FlushDone {
+    fn mark(durable: &Durability, upto: Option<LogId>, result: &Result<(), io::Error>) {
+        match result {
+            Ok(()) => durable.synced(upto),
+            Err(err) => {
+                tracing::error!(error = %err, "the raft log could not be synced; this node stops taking log entries");
+                durable.fail(err.to_string());
+            }
+        }
+    }
 }
 
 impl raft_log::Callback for FlushDone {
     fn send(self, result: Result<(), io::Error>) {
         match self {
-            FlushDone::Appended(callback) => callback.log_io_completed(result),
-            FlushDone::Notify(tx) => {
+            FlushDone::Appended {
+                callback,
+                durable,
+                upto,
+            } => {
+                FlushDone::mark(&durable, upto, &result);
+                callback.log_io_completed(result);
+            }
+            FlushDone::Synced { durable, upto } => FlushDone::mark(&durable, upto, &result),
+            FlushDone::Notify { tx, durable, upto } => {
+                FlushDone::mark(&durable, upto, &result);
                 // The waiter may have been cancelled; nothing else to tell.
                 let _ = tx.send(result);
             }
         }
     }
+}
+
+/// Syncs every file in the log directory, so that what a killed process left in the page cache
+/// is on disk before the log is read back and counted as durable.
+fn sync_chunk_files(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -502,6 +623,65 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn only_the_leaders_own_appends_are_pipelined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path()).expect("open");
+        let records = |term: u64, node: u64| {
+            let id = LogId::new(CommittedLeaderId::new(term, node), 1);
+            vec![(WalLogId(id), WalPayload(Vec::new()))]
+        };
+        let leading = Vote::new_committed(2, 1);
+        assert!(!store.durability().pipelining());
+        assert!(
+            !store.proposed_here(Some(&leading), &records(2, 1)),
+            "not turned on"
+        );
+        store.pipeline_as(1);
+        assert!(store.durability().pipelining());
+        assert!(store.proposed_here(Some(&leading), &records(2, 1)));
+        // A follower's append: the entries and the vote are another node's.
+        let following = Vote::new_committed(2, 3);
+        assert!(!store.proposed_here(Some(&following), &records(2, 3)));
+        // Our own entries of an earlier term, sent back to us by a later leader.
+        let later = Vote::new_committed(3, 2);
+        assert!(!store.proposed_here(Some(&later), &records(2, 1)));
+        // A candidate's vote, an earlier leadership of ours, no vote at all.
+        assert!(!store.proposed_here(Some(&Vote::new(2, 1)), &records(2, 1)));
+        let next_term = Vote::new_committed(3, 1);
+        assert!(!store.proposed_here(Some(&next_term), &records(2, 1)));
+        assert!(!store.proposed_here(None, &records(2, 1)));
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_append_is_synced_and_counted_durable_after_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            store.pipeline_as(1);
+            store
+                .save_vote(&Vote::new_committed(1, 1))
+                .await
+                .expect("vote");
+            let durable = store.durability();
+            store
+                .blocking_append([entry(1, 1), entry(1, 2)])
+                .await
+                .expect("append");
+            let synced = durable.wait_for(entry(1, 2).log_id);
+            tokio::time::timeout(std::time::Duration::from_secs(5), synced)
+                .await
+                .expect("synced in time")
+                .expect("synced");
+        }
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(read_all(&mut store).await.len(), 2);
+        store.pipeline_as(1);
+        let durable = store.durability();
+        assert!(durable.is_synced(entry(1, 2).log_id));
+        assert!(!durable.is_synced(entry(1, 3).log_id));
     }
 
     #[tokio::test]

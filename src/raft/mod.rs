@@ -10,6 +10,7 @@
 //! (`RaftStateMachine`); everything else reads sessions through a [`SessionReader`].
 
 pub mod batch;
+pub mod durable;
 pub mod log_store;
 pub mod network;
 pub mod replica;
@@ -78,7 +79,8 @@ pub enum RaftStorageError {
 /// Opens the Raft log and the session state machine of `data_dir`, creating them if absent.
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, SessionStateMachine), RaftStorageError> {
     let log = LogStore::open(&data_dir.join(LOG_DIR))?;
-    let state_machine = SessionStateMachine::open(&data_dir.join(SNAPSHOT_DIR))?;
+    let state_machine = SessionStateMachine::open(&data_dir.join(SNAPSHOT_DIR))?
+        .apply_when_synced(log.durability());
     Ok((log, state_machine))
 }
 

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::durable::Durability;
 use crate::security::{
     FrameCipher, LogThrottle, PEER_NONCE_BYTES, PeerKey, PeerRole, PeerTranscript, TAG_BYTES,
     random_bytes,
@@ -698,12 +699,14 @@ pub async fn accept_handshake(
 #[derive(Clone)]
 pub struct Network {
     client: PeerClient,
+    durable: Durability,
 }
 
 impl Network {
-    /// Raft traffic through `client`.
-    pub fn new(client: PeerClient) -> Network {
-        Network { client }
+    /// Raft traffic through `client`; a follower's append is reported once the local log is
+    /// `durable` up to what the follower matched.
+    pub fn new(client: PeerClient, durable: Durability) -> Network {
+        Network { client, durable }
     }
 }
 
@@ -715,6 +718,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.cluster_addr.parse().ok(),
             client: self.client.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -724,6 +728,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: Option<SocketAddr>,
     client: PeerClient,
+    durable: Durability,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -796,10 +801,40 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 PayloadTooLarge::new_entries_hint(fit),
             ));
         }
-        match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
-            PeerResponse::AppendEntries(response) => Ok(response),
-            other => Err(unexpected(other)),
+        let sent_upto = rpc
+            .entries
+            .last()
+            .map(|entry| entry.log_id)
+            .or(rpc.prev_log_id);
+        let response = match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerResponse::AppendEntries(response) => response,
+            other => return Err(unexpected(other)),
+        };
+        let matched = match &response {
+            AppendEntriesResponse::Success => sent_upto,
+            AppendEntriesResponse::PartialSuccess(matched) => *matched,
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
+        };
+        // The leader's own copy of what the follower matched may still be on its way to disk
+        // (pipelined append): openraft would count it in the quorum, so it hears of the match
+        // only once it is synced. See `super::durable`.
+        if let Some(matched) = matched
+            && !self.durable.is_synced(matched)
+        {
+            let wait = self.durable.wait_for(matched);
+            match tokio::time::timeout(option.hard_ttl(), wait).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(RPCError::Network(NetworkError::new(&err))),
+                Err(_) => {
+                    let err = std::io::Error::other(format!(
+                        "the local log was not synced up to {matched} within {:?}",
+                        option.hard_ttl()
+                    ));
+                    return Err(RPCError::Network(NetworkError::new(&err)));
+                }
+            }
         }
+        Ok(response)
     }
 
     async fn install_snapshot(
@@ -858,6 +893,9 @@ mod tests {
         async fn handle(&self, request: PeerRequest) -> PeerResponse {
             match request {
                 PeerRequest::ReadIndex => PeerResponse::ReadIndex { index: Some(7) },
+                PeerRequest::AppendEntries(_) => {
+                    PeerResponse::AppendEntries(AppendEntriesResponse::Success)
+                }
                 _ => PeerResponse::Error("unexpected".to_string()),
             }
         }
@@ -895,6 +933,86 @@ mod tests {
         client
             .call(addr, &PeerRequest::ReadIndex, Duration::from_secs(5))
             .await
+    }
+
+    /// An append to a follower at `addr` of entries 1..=`last` of term 1, by node 1.
+    async fn append_to(
+        addr: SocketAddr,
+        durable: &Durability,
+        last: u64,
+    ) -> tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>>> {
+        use openraft::{CommittedLeaderId, EntryPayload, Vote};
+        use proto::raft::{Entry, LogId};
+        let mut network = Network::new(PeerClient::new("demo", "leader", None), durable.clone());
+        let node = PeerNode {
+            name: "follower".to_string(),
+            cluster_addr: addr.to_string(),
+            http_addr: "127.0.0.1:1".to_string(),
+        };
+        let mut connection = network.new_client(2, &node).await;
+        let rpc = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=last)
+                .map(|index| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        };
+        tokio::spawn(async move {
+            let option = RPCOption::new(Duration::from_secs(5));
+            connection.append_entries(rpc, option).await
+        })
+    }
+
+    #[tokio::test]
+    async fn a_follower_match_is_reported_once_the_leaders_own_copy_is_synced() {
+        use openraft::CommittedLeaderId;
+        use proto::raft::LogId;
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let addr = server(None, &tasks, &shutdown).await;
+        let id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+
+        // Not pipelining: the follower's answer goes straight to openraft.
+        let durable = Durability::new(None);
+        let plain = append_to(addr, &durable, 3).await;
+        let response = tokio::time::timeout(Duration::from_secs(5), plain).await;
+        let response = response.expect("answered").expect("joined").expect("rpc");
+        assert!(matches!(response, AppendEntriesResponse::Success));
+
+        // Pipelining: held until the leader's log is synced up to the follower's match.
+        durable.start_pipelining();
+        let held = append_to(addr, &durable, 3).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !held.is_finished(),
+            "answered before the leader's copy was synced"
+        );
+        durable.synced(Some(id(2)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished(), "index 2 synced does not cover index 3");
+        durable.synced(Some(id(3)));
+        let response = tokio::time::timeout(Duration::from_secs(5), held).await;
+        let response = response.expect("answered").expect("joined").expect("rpc");
+        assert!(matches!(response, AppendEntriesResponse::Success));
+
+        // A failed sync turns the follower's success into an error: nothing counts.
+        let failing = append_to(addr, &durable, 4).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        durable.fail("disk gone".to_string());
+        let result = tokio::time::timeout(Duration::from_secs(5), failing).await;
+        let err = result
+            .expect("answered")
+            .expect("joined")
+            .expect_err("sync failed");
+        assert!(err.to_string().contains("disk gone"), "{err}");
+
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 
     #[tokio::test]

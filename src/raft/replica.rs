@@ -173,6 +173,7 @@ impl Replica {
             .map_err(|err| ReplicaError::Raft(err.to_string()))?
             && reader.last_applied().is_none();
         let id = node_id(data_dir, pristine)?;
+        log_store.pipeline_as(id);
         let raft_config = &config.cluster.raft;
         let election_ms = raft_config.election_timeout.as_millis() as u64;
         let openraft_config = Config {
@@ -211,7 +212,7 @@ impl Replica {
         let raft = Raft::new(
             id,
             Arc::new(openraft_config),
-            Network::new(client.clone()),
+            Network::new(client.clone(), log_store.durability()),
             log_store,
             state_machine,
         )

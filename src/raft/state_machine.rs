@@ -30,6 +30,7 @@ use serde::ser::SerializeSeq;
 use tokio::sync::broadcast;
 
 use super::RaftStorageError;
+use super::durable::Durability;
 
 /// Name of the snapshot file inside the snapshot directory.
 pub const SNAPSHOT_FILE: &str = "current.snap";
@@ -51,6 +52,8 @@ pub struct ExpiredEvent {
 /// through a [`SessionReader`].
 pub struct SessionStateMachine {
     shared: Arc<Shared>,
+    /// Entries are applied only once the local log has them on disk (see `super::durable`).
+    durable: Option<Durability>,
 }
 
 /// A cheap, cloneable read handle on the applied session state.
@@ -405,7 +408,14 @@ impl SessionStateMachine {
                 sessions_at_snapshot: AtomicU64::new(sessions_at_snapshot),
                 snapshot_marks: AtomicU64::new(0),
             }),
+            durable: None,
         })
+    }
+
+    /// Applies entries only once `durable` says the local log has them on disk.
+    pub fn apply_when_synced(mut self, durable: Durability) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     /// A read handle for the rest of the program.
@@ -700,7 +710,14 @@ impl RaftStateMachine<TypeConfig> for SessionStateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&self.durable, entries.last()) {
+            durable
+                .wait_for(last.log_id)
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
+        let mut responses = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         {
             let mut state = self.shared.write();

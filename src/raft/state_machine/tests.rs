@@ -503,3 +503,38 @@ async fn restart_from_snapshot_and_log() {
     assert_eq!(sm.reader().len(), len_before);
     assert_eq!(sm.reader().last_applied_index(), Some(10));
 }
+
+/// With the leader's appends pipelined, an entry is applied only once the local log has it on
+/// disk: nothing is answered or read before that.
+#[tokio::test]
+async fn entries_are_applied_only_once_synced() {
+    use crate::raft::durable::Durability;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = Durability::new(Some(log_id(1)));
+    durable.start_pipelining();
+    let mut sm = SessionStateMachine::open(dir.path())
+        .expect("open")
+        .apply_when_synced(durable.clone());
+    let reader = sm.reader();
+    // Already on disk: applied at once.
+    sm.apply([normal(1, create(1, 60_000, T0))])
+        .await
+        .expect("apply");
+    assert!(reader.get(&sid(1)).is_some());
+
+    let applying = tokio::spawn(async move {
+        sm.apply([normal(2, create(2, 60_000, T0))])
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!applying.is_finished(), "applied before it was synced");
+    assert!(reader.get(&sid(2)).is_none());
+    durable.synced(Some(log_id(2)));
+    tokio::time::timeout(std::time::Duration::from_secs(5), applying)
+        .await
+        .expect("applied once synced")
+        .expect("joined")
+        .expect("apply");
+    assert!(reader.get(&sid(2)).is_some());
+}
