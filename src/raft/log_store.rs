@@ -253,15 +253,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
-        // The committed id only lets a restart re-apply sooner; it is written without its own
-        // fsync (the next append's fsync carries it) and a refusal is not fatal.
+        // The committed id only lets a restart re-apply sooner. It is not flushed on its own: the
+        // record waits in the log's buffer for the next append's flush, which writes and syncs it.
+        // Waking the sync thread for it would cost a thread hand-off per write on every node.
+        // A refusal is not fatal.
         let Some(committed) = committed else {
             return Ok(());
         };
-        let result = self.lock().and_then(|mut log| {
-            log.commit(WalLogId(committed))?;
-            log.flush(false, None)
-        });
+        let result = self
+            .lock()
+            .and_then(|mut log| log.commit(WalLogId(committed)).map(drop));
         if let Err(e) = result {
             tracing::warn!(log_dir = %self.dir.display(), %committed, error = %e, "cannot record committed log id");
         }
