@@ -584,3 +584,148 @@ async fn joiners_are_learners_and_replace_a_voter_that_stays_down() {
         .expect("write");
     cluster.wait_identical(CONVERGE).await;
 }
+
+/// A voter restarted with other `--http` and `--cluster` addresses (same data dir, so the same Raft id)
+/// is reached at the new ones: the leader updates the Raft membership from gossip, the node catches up,
+/// and its acknowledgements count again (writes go on with the third node down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_at_new_addresses_is_reached_there() {
+    let mut cluster = started(3).await;
+    let leader = cluster.wait_leader(READY).await;
+    let others: Vec<String> = cluster
+        .nodes
+        .keys()
+        .filter(|name| **name != leader)
+        .cloned()
+        .collect();
+    let (mover, bystander) = (others[0].clone(), others[1].clone());
+    let before = cluster
+        .create_session(&leader, &json!({ "when": "before" }))
+        .await
+        .expect("write before the move");
+
+    assert_eq!(cluster.terminate(&mover), Some(0));
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let peer: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    {
+        let node = cluster.nodes.get_mut(&mover).expect("mover");
+        node.http = http;
+        node.cluster = peer;
+        node.args.extend([
+            "--http".to_string(),
+            http.to_string(),
+            "--cluster".to_string(),
+            peer.to_string(),
+        ]);
+    }
+    cluster.start(&mover);
+    let after = cluster
+        .create_session(&leader, &json!({ "when": "after" }))
+        .await
+        .expect("write after the move");
+    wait_for("the moved node serves both sessions", CONVERGE, || async {
+        let seen_before = cluster.session_data(&mover, &before).await?;
+        let seen_after = cluster.session_data(&mover, &after).await?;
+        (seen_before["when"] == "before" && seen_after["when"] == "after").then_some(())
+    })
+    .await;
+    let leader_log = std::fs::read_to_string(&cluster.nodes[&leader].log).expect("leader log");
+    assert!(
+        leader_log.contains(&format!("{mover} is at new addresses")),
+        "the leader says why the membership changed"
+    );
+
+    // With the bystander gone, every commit needs the moved node's acknowledgement.
+    cluster.kill9(&bystander);
+    let last = wait_for("a write with the bystander down", CONVERGE, || async {
+        cluster
+            .create_session(&leader, &json!({ "when": "bystander down" }))
+            .await
+    })
+    .await;
+    let seen = cluster.session_data(&mover, &last).await;
+    assert_eq!(seen, Some(json!({ "when": "bystander down" })));
+}
+
+/// Every node restarted at new addresses with its data (as pods recreated with new IPs would be), the
+/// old leader last: the other two must elect a leader although neither can reach the other at the
+/// address in its Raft membership, so peers are found where they gossip from. Then the membership is
+/// updated, the old leader rejoins, and every session is still there on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_restarted_at_new_addresses_keeps_every_session() {
+    let mut cluster = started(3).await;
+    let mut acked = BTreeMap::new();
+    for n in 0..20 {
+        let data = json!({ "n": n });
+        let via = format!("node-{}", n % 3 + 1);
+        let id = cluster.create_session(&via, &data).await.expect("write");
+        acked.insert(id, data);
+    }
+    let old_leader = cluster.wait_leader(READY).await;
+    let names: Vec<String> = cluster.nodes.keys().cloned().collect();
+    for name in &names {
+        assert_eq!(cluster.terminate(name), Some(0));
+    }
+    let moved: BTreeMap<String, (std::net::SocketAddr, std::net::SocketAddr)> = names
+        .iter()
+        .map(|name| {
+            let http = ([127, 0, 0, 1], common::free_port()).into();
+            let peer = ([127, 0, 0, 1], common::free_port()).into();
+            (name.clone(), (http, peer))
+        })
+        .collect();
+    for (name, (http, peer)) in &moved {
+        let node = cluster.nodes.get_mut(name).expect("node");
+        node.http = *http;
+        node.cluster = *peer;
+        node.args.extend([
+            "--http".to_string(),
+            http.to_string(),
+            "--cluster".to_string(),
+            peer.to_string(),
+        ]);
+        // The file still names the old addresses: the others are found through these seeds.
+        for (other, (_, other_peer)) in &moved {
+            if other != name {
+                node.args
+                    .extend(["--seed".to_string(), other_peer.to_string()]);
+            }
+        }
+    }
+    let others: Vec<&String> = names.iter().filter(|name| **name != old_leader).collect();
+    for name in &others {
+        cluster.start(name);
+    }
+    let id = wait_for(
+        "a write with the old leader still down",
+        CONVERGE,
+        || async {
+            cluster
+                .create_session(others[0], &json!({ "n": "without the old leader" }))
+                .await
+        },
+    )
+    .await;
+    acked.insert(id, json!({ "n": "without the old leader" }));
+
+    cluster.start(&old_leader);
+    cluster.wait_ready(CONVERGE).await;
+    let id = wait_for("a write through the old leader", CONVERGE, || async {
+        cluster
+            .create_session(&old_leader, &json!({ "n": "after" }))
+            .await
+    })
+    .await;
+    acked.insert(id, json!({ "n": "after" }));
+    wait_for("every session on every node", CONVERGE, || async {
+        for name in &names {
+            for (id, data) in &acked {
+                if cluster.session_data(name, id).await.as_ref() != Some(data) {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+}

@@ -132,6 +132,30 @@ impl LogStore {
         }
     }
 
+    /// Forgets that this node (`me`) led: a committed vote for itself in term T is replaced by a vote
+    /// for itself in term T + 1, as a candidate's (a vote never goes back, so the term moves on). Call
+    /// on start, before Raft, when appends are pipelined.
+    ///
+    /// openraft 0.9 resumes as leader, in the same term, a node that restarts with a committed vote
+    /// for itself. With pipelined appends its log may have lost, with the machine, entries it had
+    /// already sent to followers; going on in the same term it could then propose different entries
+    /// under the same log ids, which the followers would take for the ones they hold. Restarting as a
+    /// candidate instead makes it win a newer term first, which it can only do with a log as complete
+    /// as a majority's. Returns whether the vote was changed.
+    pub async fn step_down_on_restart(&self, me: u64) -> Result<bool, StorageError<u64>> {
+        let mut store = self.clone();
+        let Some(vote) = store.read_vote().await? else {
+            return Ok(false);
+        };
+        if !vote.is_committed() || vote.leader_id.node_id != me {
+            return Ok(false);
+        }
+        store
+            .save_vote(&Vote::new(vote.leader_id.term + 1, me))
+            .await?;
+        Ok(true)
+    }
+
     /// True when `entries` were proposed by this node as the leader of `vote`, its current vote:
     /// only those appends are pipelined.
     fn proposed_here(&self, vote: Option<&Vote>, entries: &[(WalLogId, WalPayload)]) -> bool {
@@ -654,6 +678,37 @@ mod tests {
         let next_term = Vote::new_committed(3, 1);
         assert!(!store.proposed_here(Some(&next_term), &records(2, 1)));
         assert!(!store.proposed_here(None, &records(2, 1)));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_leader_keeps_its_vote_but_not_its_leadership() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        assert!(!store.step_down_on_restart(1).await.expect("no vote"));
+        // Another node's leadership, or a vote not committed: left as it is.
+        store
+            .save_vote(&Vote::new_committed(2, 3))
+            .await
+            .expect("vote");
+        assert!(!store.step_down_on_restart(1).await.expect("other leader"));
+        assert_eq!(
+            store.read_vote().await.expect("read"),
+            Some(Vote::new_committed(2, 3))
+        );
+        store.save_vote(&Vote::new(3, 1)).await.expect("vote");
+        assert!(!store.step_down_on_restart(1).await.expect("candidate"));
+        // Its own leadership: a candidate's vote for itself in the next term, kept after reopening.
+        store
+            .save_vote(&Vote::new_committed(3, 1))
+            .await
+            .expect("vote");
+        assert!(store.step_down_on_restart(1).await.expect("own leadership"));
+        drop(store);
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.read_vote().await.expect("read"),
+            Some(Vote::new(4, 1))
+        );
     }
 
     #[tokio::test]

@@ -695,18 +695,28 @@ pub async fn accept_handshake(
     Ok(())
 }
 
+/// Where a Raft member can be reached now, by Raft id: the cluster address it gossips, or `None` to
+/// use the one recorded in the Raft membership (see `replica::gossiped_address`). A node restarted at
+/// another address keeps its id, so this is how its peers find it before the membership is updated.
+pub type AddressBook = Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>;
+
 /// openraft's view of the network: one [`PeerConnection`] per target.
 #[derive(Clone)]
 pub struct Network {
     client: PeerClient,
     durable: Durability,
+    addresses: AddressBook,
 }
 
 impl Network {
-    /// Raft traffic through `client`; a follower's append is reported once the local log is
-    /// `durable` up to what the follower matched.
-    pub fn new(client: PeerClient, durable: Durability) -> Network {
-        Network { client, durable }
+    /// Raft traffic through `client`, to the addresses in `addresses` first; a follower's append is
+    /// reported once the local log is `durable` up to what the follower matched.
+    pub fn new(client: PeerClient, durable: Durability, addresses: AddressBook) -> Network {
+        Network {
+            client,
+            durable,
+            addresses,
+        }
     }
 }
 
@@ -719,6 +729,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.cluster_addr.parse().ok(),
             client: self.client.clone(),
             durable: self.durable.clone(),
+            addresses: self.addresses.clone(),
         }
     }
 }
@@ -729,6 +740,7 @@ pub struct PeerConnection {
     addr: Option<SocketAddr>,
     client: PeerClient,
     durable: Durability,
+    addresses: AddressBook,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -740,7 +752,7 @@ impl PeerConnection {
         request: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>> {
-        let Some(addr) = self.addr else {
+        let Some(addr) = (self.addresses)(self.target).or(self.addr) else {
             let err =
                 std::io::Error::other(format!("node {} has no valid cluster address", self.target));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
@@ -943,7 +955,8 @@ mod tests {
     ) -> tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>>> {
         use openraft::{CommittedLeaderId, EntryPayload, Vote};
         use proto::raft::{Entry, LogId};
-        let mut network = Network::new(PeerClient::new("demo", "leader", None), durable.clone());
+        let client = PeerClient::new("demo", "leader", None);
+        let mut network = Network::new(client, durable.clone(), Arc::new(|_| None));
         let node = PeerNode {
             name: "follower".to_string(),
             cluster_addr: addr.to_string(),

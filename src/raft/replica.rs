@@ -1,7 +1,7 @@
 //! This node's member of the Raft group: bootstrap, membership reconciliation, writes forwarded to the
 //! leader, linearizable reads, leader-decided expiry and coalesced access times.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,12 +21,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::batch::{Attempt, WriteQueue};
-use super::network::{Network, PeerClient, PeerHandler};
+use super::network::{AddressBook, Network, PeerClient, PeerHandler};
 use super::state_machine::SessionReader;
 use super::{RaftStorageError, open_storage};
 use crate::config::NodeConfig;
 use crate::events::{EventKind, EventLog, now_ms};
-use crate::membership::{MemberState, Membership};
+use crate::membership::{MemberInfo, MemberState, Membership, MembershipView};
 
 /// File in the data dir holding this node's Raft id.
 const NODE_ID_FILE: &str = "node-id";
@@ -84,6 +84,8 @@ pub struct Replica {
     id: NodeId,
     reader: SessionReader,
     client: PeerClient,
+    /// Where members are now, by Raft id (gossip first, then the Raft membership).
+    addresses: AddressBook,
     writes: WriteQueue,
     touches: Mutex<HashMap<SessionId, u64>>,
     expired_total: AtomicU64,
@@ -174,6 +176,16 @@ impl Replica {
             && reader.last_applied().is_none();
         let id = node_id(data_dir, pristine)?;
         log_store.pipeline_as(id);
+        let stepped_down = log_store
+            .step_down_on_restart(id)
+            .await
+            .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        if stepped_down {
+            info!(
+                raft_id = id,
+                "this node led before it stopped; it stands for election again instead of resuming as leader"
+            );
+        }
         let raft_config = &config.cluster.raft;
         let election_ms = raft_config.election_timeout.as_millis() as u64;
         let openraft_config = Config {
@@ -209,10 +221,14 @@ impl Replica {
             &config.me.name,
             peer_key.clone(),
         );
+        let addresses: AddressBook = {
+            let membership = membership.clone();
+            Arc::new(move |id| gossiped_address(&membership.view(), id))
+        };
         let raft = Raft::new(
             id,
             Arc::new(openraft_config),
-            Network::new(client.clone(), log_store.durability()),
+            Network::new(client.clone(), log_store.durability(), addresses.clone()),
             log_store,
             state_machine,
         )
@@ -224,6 +240,7 @@ impl Replica {
             id,
             reader,
             client,
+            addresses,
             writes,
             touches: Mutex::new(HashMap::new()),
             expired_total: AtomicU64::new(0),
@@ -400,11 +417,13 @@ impl Replica {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader.filter(|leader| *leader != self.id)?;
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .and_then(|node| node.cluster_addr.parse().ok())
+        (self.addresses)(leader).or_else(|| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .and_then(|node| node.cluster_addr.parse().ok())
+        })
     }
 
     /// The pooled connections to peers.
@@ -475,7 +494,7 @@ impl Replica {
                     return Err(ConsensusError::Stopped(fatal.to_string()));
                 }
             };
-            if let Some(addr) = forward.as_ref().and_then(leader_addr) {
+            if let Some(addr) = forward.as_ref().and_then(|f| self.leader_addr(f)) {
                 match self
                     .client
                     .call(addr, &PeerRequest::ReadIndex, FORWARD_TIMEOUT)
@@ -517,14 +536,21 @@ impl Replica {
     }
 }
 
-pub(super) fn leader_addr(forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
-    forward
-        .leader_node
-        .as_ref()
-        .and_then(|node| node.cluster_addr.parse().ok())
-}
-
 impl Replica {
+    /// Where the leader a refusal names can be reached: where it gossips from, else its address in the
+    /// Raft membership.
+    fn leader_addr(&self, forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
+        forward
+            .leader_id
+            .and_then(|id| (self.addresses)(id))
+            .or_else(|| {
+                forward
+                    .leader_node
+                    .as_ref()
+                    .and_then(|node| node.cluster_addr.parse().ok())
+            })
+    }
+
     /// The server of hop channels opened to this node (the node gives it its application).
     pub fn hop_server(&self) -> &Arc<crate::proxy::hop::HopServer> {
         &self.hop
@@ -728,6 +754,7 @@ async fn reconcile(
 ) {
     let mut changes = membership.changes();
     let mut absent_since: HashMap<NodeId, Instant> = HashMap::new();
+    let mut warned_shared: HashSet<NodeId> = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -758,6 +785,40 @@ async fn reconcile(
             if let Err(err) = replica.raft.add_learner(id, node, false).await {
                 warn!(node = %member.name, error = %err, "cannot add learner");
             }
+        }
+
+        // 1b. A member that came back at other addresses (a restart with new `--cluster` or `--http`,
+        // same data dir and so the same Raft id) is reached at the addresses it now gossips. Only when
+        // exactly one live member claims the id: two claimants (a copied data dir) are left alone,
+        // since sending one node's Raft traffic to another would count the wrong node's answers.
+        let Moves { moved, shared } = moved_members(&config, &view);
+        for (id, names) in shared {
+            if warned_shared.insert(id) {
+                warn!(raft_id = id, claimants = ?names, "several live members claim one Raft id (a copied data dir?); its addresses in the Raft membership are left as they are");
+            }
+        }
+        if !moved.is_empty() {
+            for (id, node) in &moved {
+                let old = config.get_node(id);
+                info!(
+                    node = %node.name,
+                    raft_id = id,
+                    cluster = %node.cluster_addr,
+                    http = %node.http_addr,
+                    old_cluster = old.map(|n| n.cluster_addr.as_str()).unwrap_or(""),
+                    old_http = old.map(|n| n.http_addr.as_str()).unwrap_or(""),
+                    "{} is at new addresses; updating the Raft membership",
+                    node.name
+                );
+            }
+            if let Err(err) = replica
+                .raft
+                .change_membership(ChangeMembers::SetNodes(moved), false)
+                .await
+            {
+                warn!(error = %err, "cannot update the addresses of moved members");
+            }
+            continue;
         }
 
         // 2. Track how long each Raft member has been gone from gossip.
@@ -841,6 +902,61 @@ async fn reconcile(
             break;
         }
     }
+}
+
+/// The live members (up or draining) that gossip Raft id `id`: one, normally.
+fn claimants(view: &MembershipView, id: NodeId) -> Vec<&MemberInfo> {
+    view.members
+        .iter()
+        .filter(|m| matches!(m.state, MemberState::Up | MemberState::Draining))
+        .filter(|m| m.raft_id == Some(id))
+        .collect()
+}
+
+/// The cluster address that the one live member claiming Raft id `id` gossips; `None` when no live
+/// member or several claim it (then the address in the Raft membership is used). Sending one node's
+/// Raft traffic to another would count the wrong node's answers, so two claimants (a copied data dir)
+/// are never guessed between.
+pub(super) fn gossiped_address(view: &MembershipView, id: NodeId) -> Option<SocketAddr> {
+    match claimants(view, id).as_slice() {
+        [member] => Some(member.cluster_addr),
+        _ => None,
+    }
+}
+
+/// What gossip says about where the Raft members are.
+#[derive(Debug, Default, PartialEq)]
+struct Moves {
+    /// Members (voters and learners) whose node info differs from what the one live member claiming
+    /// their Raft id gossips, with that info.
+    moved: BTreeMap<NodeId, PeerNode>,
+    /// Ids that more than one live member claims, with their names: left alone.
+    shared: Vec<(NodeId, Vec<String>)>,
+}
+
+/// Compares the Raft membership's node info with gossip (see [`Moves`]).
+fn moved_members(config: &openraft::Membership<NodeId, PeerNode>, view: &MembershipView) -> Moves {
+    let mut moved = BTreeMap::new();
+    let mut shared = Vec::new();
+    for (id, current) in config.nodes() {
+        let claimants = claimants(view, *id);
+        let member = match claimants.as_slice() {
+            [] => continue,
+            [member] => member,
+            several => {
+                shared.push((*id, several.iter().map(|m| m.name.clone()).collect()));
+                continue;
+            }
+        };
+        let Some(http) = member.http_addr else {
+            continue;
+        };
+        let gossiped = peer_node(&member.name, member.cluster_addr, http);
+        if *current != gossiped {
+            moved.insert(*id, gossiped);
+        }
+    }
+    Moves { moved, shared }
 }
 
 /// Only the leader decides expiry, with its clock, as a log entry: every node removes the same
@@ -961,7 +1077,67 @@ async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: Cancellatio
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_due_after;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+
+    use super::{moved_members, peer_node, snapshot_due_after};
+    use crate::membership::{MemberInfo, MemberState, MembershipView};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn member(name: &str, raft_id: u64, cluster: u16, http: u16, state: MemberState) -> MemberInfo {
+        MemberInfo {
+            name: name.to_owned(),
+            http_addr: Some(addr(http)),
+            cluster_addr: addr(cluster),
+            state,
+            generation: None,
+            phi: None,
+            last_seen_ms: None,
+            founder: true,
+            is_self: false,
+            wire_version: None,
+            load: None,
+            raft_id: Some(raft_id),
+            raft_pristine: Some(false),
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn members_that_gossip_new_addresses_are_moved_unless_an_id_is_claimed_twice() {
+        let nodes = BTreeMap::from([
+            (1, peer_node("a", addr(7001), addr(8001))),
+            (2, peer_node("b", addr(7002), addr(8002))),
+            (3, peer_node("c", addr(7003), addr(8003))),
+            (4, peer_node("d", addr(7004), addr(8004))),
+        ]);
+        let config = openraft::Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        let view = MembershipView {
+            version: 1,
+            members: vec![
+                member("a", 1, 7001, 8001, MemberState::Up),
+                // Restarted with a new peer port.
+                member("b", 2, 7102, 8002, MemberState::Up),
+                // Down at a new address: nothing to reach there yet.
+                member("c", 3, 7103, 8103, MemberState::Down),
+                // Two live members claim learner 4 (a copied data dir).
+                member("d", 4, 7104, 8004, MemberState::Up),
+                member("e", 4, 7105, 8005, MemberState::Up),
+            ],
+        };
+        let moves = moved_members(&config, &view);
+        assert_eq!(
+            moves.moved,
+            BTreeMap::from([(2, peer_node("b", addr(7102), addr(8002)))])
+        );
+        assert_eq!(
+            moves.shared,
+            vec![(4, vec!["d".to_string(), "e".to_string()])]
+        );
+    }
 
     #[test]
     fn a_larger_store_waits_for_proportionally_more_writes_between_snapshots() {
