@@ -183,20 +183,14 @@ pub(crate) mod tests {
 
     fn member(name: &str, state: MemberState, http: Option<u16>) -> MemberInfo {
         MemberInfo {
-            name: name.to_owned(),
-            http_addr: http.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
-            cluster_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 7000)),
-            state,
-            generation: None,
-            phi: None,
-            last_seen_ms: None,
             founder: true,
-            is_self: false,
-            wire_version: None,
-            load: None,
-            raft_id: None,
-            raft_pristine: None,
             ready: true,
+            ..MemberInfo::new(
+                name.to_owned(),
+                http.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 7000)),
+                state,
+            )
         }
     }
 

@@ -445,20 +445,13 @@ impl Observer {
                 continue;
             }
             members.push(MemberInfo {
-                name: founder.name.clone(),
-                http_addr: Some(founder.http),
-                cluster_addr: founder.cluster,
-                state: MemberState::Down,
-                generation: None,
-                phi: None,
-                last_seen_ms: None,
                 founder: true,
-                is_self: false,
-                wire_version: None,
-                load: None,
-                raft_id: None,
-                raft_pristine: None,
-                ready: false,
+                ..MemberInfo::new(
+                    founder.name.clone(),
+                    Some(founder.http),
+                    founder.cluster,
+                    MemberState::Down,
+                )
             });
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));

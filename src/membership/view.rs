@@ -65,6 +65,32 @@ pub struct MemberInfo {
 }
 
 impl MemberInfo {
+    /// A member known only by name, addresses and state: nothing heard from it yet (no generation,
+    /// phi, load or Raft id; not a founder, not this node, not ready).
+    pub fn new(
+        name: String,
+        http_addr: Option<SocketAddr>,
+        cluster_addr: SocketAddr,
+        state: MemberState,
+    ) -> MemberInfo {
+        MemberInfo {
+            name,
+            http_addr,
+            cluster_addr,
+            state,
+            generation: None,
+            phi: None,
+            last_seen_ms: None,
+            founder: false,
+            is_self: false,
+            wire_version: None,
+            load: None,
+            raft_id: None,
+            raft_pristine: None,
+            ready: false,
+        }
+    }
+
     /// Whether new work may be sent to it.
     pub fn accepts_work(&self) -> bool {
         self.state == MemberState::Up && self.ready

@@ -1089,20 +1089,10 @@ mod tests {
 
     fn member(name: &str, raft_id: u64, cluster: u16, http: u16, state: MemberState) -> MemberInfo {
         MemberInfo {
-            name: name.to_owned(),
-            http_addr: Some(addr(http)),
-            cluster_addr: addr(cluster),
-            state,
-            generation: None,
-            phi: None,
-            last_seen_ms: None,
-            founder: true,
-            is_self: false,
-            wire_version: None,
-            load: None,
             raft_id: Some(raft_id),
             raft_pristine: Some(false),
             ready: true,
+            ..MemberInfo::new(name.to_owned(), Some(addr(http)), addr(cluster), state)
         }
     }
 
