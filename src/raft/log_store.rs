@@ -132,16 +132,18 @@ impl LogStore {
         }
     }
 
-    /// Forgets that this node (`me`) led: a committed vote for itself in term T is replaced by a vote
-    /// for itself in term T + 1, as a candidate's (a vote never goes back, so the term moves on). Call
-    /// on start, before Raft, when appends are pipelined.
+    /// Forgets that this node (`me`) led: a committed vote for itself is saved again as a plain vote
+    /// for itself in the same term, as a candidate's. Call on start, before Raft, when appends are
+    /// pipelined.
     ///
     /// openraft 0.9 resumes as leader, in the same term, a node that restarts with a committed vote
     /// for itself. With pipelined appends its log may have lost, with the machine, entries it had
     /// already sent to followers; going on in the same term it could then propose different entries
     /// under the same log ids, which the followers would take for the ones they hold. Restarting as a
     /// candidate instead makes it win a newer term first, which it can only do with a log as complete
-    /// as a majority's. Returns whether the vote was changed.
+    /// as a majority's. The term is kept: a vote for itself in the next term could outrank the leader
+    /// the others elected meanwhile in that term (openraft orders votes of one term by node id) and
+    /// force one more election. Returns whether the vote was changed.
     pub async fn step_down_on_restart(&self, me: u64) -> Result<bool, StorageError<u64>> {
         let mut store = self.clone();
         let Some(vote) = store.read_vote().await? else {
@@ -150,9 +152,7 @@ impl LogStore {
         if !vote.is_committed() || vote.leader_id.node_id != me {
             return Ok(false);
         }
-        store
-            .save_vote(&Vote::new(vote.leader_id.term + 1, me))
-            .await?;
+        store.save_vote(&Vote::new(vote.leader_id.term, me)).await?;
         Ok(true)
     }
 
@@ -439,9 +439,13 @@ impl Decode for WalLogId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WalVote(Vote);
 
+/// `raft-log` refuses to save (and to replay) a vote smaller than the one it holds. The order here
+/// is that of the vote's leader id alone, so that a node may drop its own leadership in a term it
+/// keeps (committed → not committed, see [`LogStore::step_down_on_restart`]); any change of term or
+/// of the node voted for is ordered as openraft orders it.
 impl PartialOrd for WalVote {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        self.0.partial_cmp(&other.0)
+        self.0.leader_id.partial_cmp(&other.0.leader_id)
     }
 }
 
@@ -697,7 +701,7 @@ mod tests {
         );
         store.save_vote(&Vote::new(3, 1)).await.expect("vote");
         assert!(!store.step_down_on_restart(1).await.expect("candidate"));
-        // Its own leadership: a candidate's vote for itself in the next term, kept after reopening.
+        // Its own leadership: the same term, no longer committed, kept after reopening.
         store
             .save_vote(&Vote::new_committed(3, 1))
             .await
@@ -707,7 +711,7 @@ mod tests {
         let mut store = LogStore::open(dir.path()).expect("reopen");
         assert_eq!(
             store.read_vote().await.expect("read"),
-            Some(Vote::new(4, 1))
+            Some(Vote::new(3, 1))
         );
     }
 
