@@ -5,8 +5,10 @@
 #   k8s-start.sh ready    readiness check (exit 0 = ready), used by the pod's readinessProbe
 #
 # Why a wrapper: micro-tomcat takes IP:PORT addresses only (host names are refused), so the headless
-# Service's DNS name is resolved here; and a Raft member keeps the address it joined with, so a pod that
-# comes back with another IP must join as a new member (its old data directory is moved aside).
+# Service's DNS name is resolved here; and pods have no founders' addresses to put in a config file, so
+# this decides whether the pod founds a cluster, joins one, or rejoins with its data. A pod that comes
+# back with another IP keeps its data directory and so its Raft id: its peers reach it at the address
+# it gossips for that id, and the leader updates the Raft membership.
 # See docs/deploy/README.md for what this does and does not cover.
 #
 # Environment (the StatefulSet sets the first two from the downward API):
@@ -30,10 +32,11 @@ WAIT_SECONDS=${WAIT_SECONDS:-300}
 MICRO_TOMCAT=${MICRO_TOMCAT:-micro-tomcat}
 
 if [ "${1:-}" = ready ]; then
-    # Ready = the node's own /readyz, no older incarnation of this pod is still a Raft member (after a
-    # pod comes back with a new IP its old Raft id stays until remove-after-ms, and meanwhile the
-    # cluster tolerates one failure less), and the cluster has its VOTERS voters again. A rolling
-    # update waits here before it stops the next pod.
+    # Ready = the node's own /readyz, this pod's name is one Raft member (not none: a member removed
+    # while it was away is added again; not two: after a pod lost its volume it joins with a new Raft
+    # id, its old id stays until remove-after-ms, and meanwhile the cluster tolerates one failure
+    # less), and the cluster has its VOTERS voters again. A pod that kept its data keeps its Raft id,
+    # so it is one member from the start. A rolling update waits here before it stops the next pod.
     curl -fsS -o /dev/null "http://$POD_IP:$HTTP_PORT/readyz" || exit 1
     "$MICRO_TOMCAT" status --node "http://$POD_IP:$HTTP_PORT" --format json |
         jq -e --arg me "$POD_NAME" --argjson want "${VOTERS:-3}" '
@@ -44,48 +47,46 @@ fi
 
 log() { echo "k8s-start: $*" >&2; }
 
-# 1. Same data, new IP: the others would keep sending Raft traffic to the old address. Start over as
-#    a new member (the leader removes the old one after remove-after-ms); keep the last copy aside.
-parent=$(dirname "$DATA_DIR")
-mkdir -p "$parent"
-if [ -f "$DATA_DIR/node-id" ] && [ "$(cat "$parent/pod-ip" 2>/dev/null || true)" != "$POD_IP" ]; then
-    rm -rf "$DATA_DIR.previous"
-    mv "$DATA_DIR" "$DATA_DIR.previous"
-    log "the pod IP is now $POD_IP (was $(cat "$parent/pod-ip" 2>/dev/null || echo unknown)): moved $DATA_DIR to $DATA_DIR.previous; joining as a new member"
-fi
-echo "$POD_IP" >"$parent/pod-ip"
-
-# 2. Find the cluster: the other pods' IPs, and whether any of them answers with a Raft leader.
+# Find the cluster: the other pods' IPs and, for a pod without data, whether any of them answers with
+# a Raft leader. A pod with data (any IP: a container restart, or a pod recreated elsewhere with its
+# volume) rejoins with its Raft id; its IP is not compared with the one it had.
 ordinal=${POD_NAME##*-}
 deadline=$(($(date +%s) + WAIT_SECONDS))
 while :; do
     peers=$(getent ahostsv4 "$PEER_SERVICE" 2>/dev/null | awk '{print $1}' | sort -u | grep -vx "$POD_IP" || true)
-    answered=no
-    leader=no
-    for ip in $peers; do
-        if status=$("$MICRO_TOMCAT" status --node "http://$ip:$HTTP_PORT" --format json 2>/dev/null); then
-            answered=yes
-            if echo "$status" | jq -e '.leader != null' >/dev/null; then
-                leader=yes
-            fi
+    if [ -f "$DATA_DIR/node-id" ]; then
+        if [ -n "$peers" ]; then
+            # A member with its data: the others may be restarting too, so no leader is awaited.
+            mode="rejoin"
+            break
         fi
-    done
-    if [ "$leader" = yes ]; then
-        mode="join"
-        break
-    fi
-    if [ ! -f "$DATA_DIR/node-id" ] && [ "$ordinal" = 0 ] && [ "$answered" = no ]; then
-        # Nobody runs yet and this is pod 0 with an empty volume: a new cluster starts here.
-        mode="found"
-        break
-    fi
-    if [ -f "$DATA_DIR/node-id" ] && [ -n "$peers" ]; then
-        # A member restarting with its data (same IP): the others may be restarting too.
-        mode="rejoin"
-        break
+    else
+        answered=no
+        leader=no
+        for ip in $peers; do
+            if status=$("$MICRO_TOMCAT" status --node "http://$ip:$HTTP_PORT" --format json 2>/dev/null); then
+                answered=yes
+                if echo "$status" | jq -e '.leader != null' >/dev/null; then
+                    leader=yes
+                fi
+            fi
+        done
+        if [ "$leader" = yes ]; then
+            mode="join"
+            break
+        fi
+        if [ "$ordinal" = 0 ] && [ "$answered" = no ]; then
+            # Nobody runs yet and this is pod 0 with an empty volume: a new cluster starts here.
+            mode="found"
+            break
+        fi
     fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
-        log "no running cluster found through $PEER_SERVICE after ${WAIT_SECONDS}s (peers: ${peers:-none}, answered: $answered)"
+        if [ -f "$DATA_DIR/node-id" ]; then
+            log "this pod has data but no other pod resolved through $PEER_SERVICE after ${WAIT_SECONDS}s"
+        else
+            log "no running cluster found through $PEER_SERVICE after ${WAIT_SECONDS}s (peers: ${peers:-none}, answered: $answered)"
+        fi
         exit 1
     fi
     sleep 2
