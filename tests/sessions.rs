@@ -729,3 +729,59 @@ async fn every_node_restarted_at_new_addresses_keeps_every_session() {
     })
     .await;
 }
+
+/// After the whole cluster went down, two followers come back without the old leader. Each remembers
+/// that leader from disk; neither may say it is ready on that memory: whenever `/readyz` answers 200,
+/// the leader its status names is one of the two running nodes. Then both serve every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_followers_are_ready_only_under_a_leader_that_runs() {
+    let mut cluster = started(3).await;
+    let leader = cluster.wait_leader(READY).await;
+    let id = cluster
+        .create_session(&leader, &json!({ "before": "outage" }))
+        .await
+        .expect("write");
+    let followers: Vec<String> = cluster
+        .nodes
+        .keys()
+        .filter(|name| **name != leader)
+        .cloned()
+        .collect();
+    for name in cluster.running() {
+        cluster.kill9(&name);
+    }
+    for name in &followers {
+        cluster.start(name);
+    }
+    let deadline = Instant::now() + CONVERGE;
+    let mut ready: Vec<&String> = Vec::new();
+    while ready.len() < followers.len() {
+        assert!(Instant::now() < deadline, "{ready:?} ready, not both");
+        for name in &followers {
+            let url = format!("{}/readyz", cluster.nodes[name].url());
+            let Ok(response) = cluster.client.get(&url).send().await else {
+                continue;
+            };
+            if response.status() != 200 {
+                continue;
+            }
+            let status = cluster.status(name).await.expect("status");
+            let named = status["leader"].as_str().unwrap_or_default().to_string();
+            assert!(
+                followers.contains(&named),
+                "{name} said ready under {named}, which is down"
+            );
+            if !ready.contains(&name) {
+                ready.push(name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for name in &followers {
+        let seen = wait_for("the session through a restarted node", CONVERGE, || async {
+            cluster.session_data(name, &id).await
+        })
+        .await;
+        assert_eq!(seen, json!({ "before": "outage" }));
+    }
+}

@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use proto::raft::{
     CommandResponse, Hello, LogId, NodeId, PEER_WIRE_VERSION, PeerNode, PeerRequest, PeerResponse,
@@ -86,6 +87,9 @@ pub struct Replica {
     client: PeerClient,
     /// Where members are now, by Raft id (gossip first, then the Raft membership).
     addresses: AddressBook,
+    /// Set once a leader's append (or snapshot) was taken here since this process started: until
+    /// then the leader a follower names may only be the one it remembers from before a restart.
+    heard_leader: AtomicBool,
     writes: WriteQueue,
     touches: Mutex<HashMap<SessionId, u64>>,
     expired_total: AtomicU64,
@@ -241,6 +245,7 @@ impl Replica {
             reader,
             client,
             addresses,
+            heard_leader: AtomicBool::new(false),
             writes,
             touches: Mutex::new(HashMap::new()),
             expired_total: AtomicU64::new(0),
@@ -361,6 +366,10 @@ impl Replica {
         let applied = metrics.last_applied.map(|log_id| log_id.index);
         if leader != self.id && applied.is_none() {
             return Err("nothing applied from the leader yet".to_string());
+        }
+        // A restarted follower names the leader it remembers from disk, which may be gone.
+        if leader != self.id && !self.heard_leader.load(Ordering::Relaxed) {
+            return Err("no word from the Raft leader since this node started".to_string());
         }
         Ok(())
     }
@@ -588,7 +597,15 @@ impl PeerHandler for Replica {
     async fn handle(&self, request: PeerRequest) -> PeerResponse {
         match request {
             PeerRequest::AppendEntries(rpc) => match self.raft.append_entries(rpc).await {
-                Ok(response) => PeerResponse::AppendEntries(response),
+                Ok(response) => {
+                    if matches!(
+                        response,
+                        AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+                    ) {
+                        self.heard_leader.store(true, Ordering::Relaxed);
+                    }
+                    PeerResponse::AppendEntries(response)
+                }
                 Err(err) => PeerResponse::Error(err.to_string()),
             },
             PeerRequest::Vote(rpc) => match self.raft.vote(rpc).await {
@@ -596,7 +613,10 @@ impl PeerHandler for Replica {
                 Err(err) => PeerResponse::Error(err.to_string()),
             },
             PeerRequest::InstallSnapshot(rpc) => match self.raft.install_snapshot(rpc).await {
-                Ok(response) => PeerResponse::InstallSnapshot(response),
+                Ok(response) => {
+                    self.heard_leader.store(true, Ordering::Relaxed);
+                    PeerResponse::InstallSnapshot(response)
+                }
                 Err(err) => PeerResponse::Error(err.to_string()),
             },
             PeerRequest::ClientWrite(mut command) => {
