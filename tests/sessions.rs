@@ -20,6 +20,16 @@ async fn started(founders: usize) -> Cluster {
     cluster
 }
 
+/// The names of every node but `leader`, in name order.
+fn all_but(cluster: &Cluster, leader: &str) -> Vec<String> {
+    cluster
+        .nodes
+        .keys()
+        .filter(|name| *name != leader)
+        .cloned()
+        .collect()
+}
+
 /// Asserts every id is readable with its data through every running node.
 async fn assert_all_present(cluster: &Cluster, acked: &BTreeMap<String, Value>) {
     for name in cluster.running() {
@@ -592,12 +602,7 @@ async fn joiners_are_learners_and_replace_a_voter_that_stays_down() {
 async fn a_voter_restarted_at_new_addresses_is_reached_there() {
     let mut cluster = started(3).await;
     let leader = cluster.wait_leader(READY).await;
-    let others: Vec<String> = cluster
-        .nodes
-        .keys()
-        .filter(|name| **name != leader)
-        .cloned()
-        .collect();
+    let others = all_but(&cluster, &leader);
     let (mover, bystander) = (others[0].clone(), others[1].clone());
     let before = cluster
         .create_session(&leader, &json!({ "when": "before" }))
@@ -741,12 +746,7 @@ async fn restarted_followers_are_ready_only_under_a_leader_that_runs() {
         .create_session(&leader, &json!({ "before": "outage" }))
         .await
         .expect("write");
-    let followers: Vec<String> = cluster
-        .nodes
-        .keys()
-        .filter(|name| **name != leader)
-        .cloned()
-        .collect();
+    let followers = all_but(&cluster, &leader);
     for name in cluster.running() {
         cluster.kill9(&name);
     }
