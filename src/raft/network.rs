@@ -695,10 +695,28 @@ pub async fn accept_handshake(
     Ok(())
 }
 
-/// Where a Raft member can be reached now, by Raft id: the cluster address it gossips, or `None` to
-/// use the one recorded in the Raft membership (see `replica::gossiped_address`). A node restarted at
-/// another address keeps its id, so this is how its peers find it before the membership is updated.
-pub type AddressBook = Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>;
+/// Where a Raft member can be reached now. A node restarted at another address keeps its Raft id, so
+/// its peers look it up by id in gossip first (see `replica::gossiped_address`) and fall back to the
+/// address recorded in the Raft membership, which the leader updates later.
+#[derive(Clone)]
+pub struct AddressBook {
+    gossiped: Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>,
+}
+
+impl AddressBook {
+    /// A book that asks `gossiped` for a member's current cluster address by Raft id (`None` when
+    /// gossip cannot say).
+    pub fn new(gossiped: impl Fn(NodeId) -> Option<SocketAddr> + Send + Sync + 'static) -> Self {
+        AddressBook {
+            gossiped: Arc::new(gossiped),
+        }
+    }
+
+    /// Where member `id` is: where it gossips from, else its `recorded` node's cluster address.
+    pub fn resolve(&self, id: NodeId, recorded: Option<&PeerNode>) -> Option<SocketAddr> {
+        (self.gossiped)(id).or_else(|| recorded.and_then(|node| node.cluster_addr.parse().ok()))
+    }
+}
 
 /// openraft's view of the network: one [`PeerConnection`] per target.
 #[derive(Clone)]
@@ -726,7 +744,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerConnection {
         PeerConnection {
             target,
-            addr: node.cluster_addr.parse().ok(),
+            node: node.clone(),
             client: self.client.clone(),
             durable: self.durable.clone(),
             addresses: self.addresses.clone(),
@@ -737,7 +755,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// Raft RPCs to one peer.
 pub struct PeerConnection {
     target: NodeId,
-    addr: Option<SocketAddr>,
+    /// The target as the Raft membership records it.
+    node: PeerNode,
     client: PeerClient,
     durable: Durability,
     addresses: AddressBook,
@@ -752,7 +771,7 @@ impl PeerConnection {
         request: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>> {
-        let Some(addr) = (self.addresses)(self.target).or(self.addr) else {
+        let Some(addr) = self.addresses.resolve(self.target, Some(&self.node)) else {
             let err =
                 std::io::Error::other(format!("node {} has no valid cluster address", self.target));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
@@ -956,7 +975,7 @@ mod tests {
         use openraft::{CommittedLeaderId, EntryPayload, Vote};
         use proto::raft::{Entry, LogId};
         let client = PeerClient::new("demo", "leader", None);
-        let mut network = Network::new(client, durable.clone(), Arc::new(|_| None));
+        let mut network = Network::new(client, durable.clone(), AddressBook::new(|_| None));
         let node = PeerNode {
             name: "follower".to_string(),
             cluster_addr: addr.to_string(),

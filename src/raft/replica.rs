@@ -225,9 +225,9 @@ impl Replica {
             &config.me.name,
             peer_key.clone(),
         );
-        let addresses: AddressBook = {
+        let addresses = {
             let membership = membership.clone();
-            Arc::new(move |id| gossiped_address(&membership.view(), id))
+            AddressBook::new(move |id| gossiped_address(&membership.view(), id))
         };
         let raft = Raft::new(
             id,
@@ -426,13 +426,8 @@ impl Replica {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader.filter(|leader| *leader != self.id)?;
-        (self.addresses)(leader).or_else(|| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .and_then(|node| node.cluster_addr.parse().ok())
-        })
+        let recorded = metrics.membership_config.membership().get_node(&leader);
+        self.addresses.resolve(leader, recorded)
     }
 
     /// The pooled connections to peers.
@@ -549,15 +544,8 @@ impl Replica {
     /// Where the leader a refusal names can be reached: where it gossips from, else its address in the
     /// Raft membership.
     fn leader_addr(&self, forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
-        forward
-            .leader_id
-            .and_then(|id| (self.addresses)(id))
-            .or_else(|| {
-                forward
-                    .leader_node
-                    .as_ref()
-                    .and_then(|node| node.cluster_addr.parse().ok())
-            })
+        let id = forward.leader_id?;
+        self.addresses.resolve(id, forward.leader_node.as_ref())
     }
 
     /// The server of hop channels opened to this node (the node gives it its application).
