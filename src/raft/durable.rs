@@ -109,10 +109,7 @@ impl Durability {
 
     /// The error every wait and append gets after a failed sync.
     pub(crate) fn failure(&self) -> Option<io::Error> {
-        let mark = self.inner.mark.borrow();
-        mark.failed
-            .as_ref()
-            .map(|reason| io::Error::other(format!("the raft log could not be synced: {reason}")))
+        self.inner.mark.borrow().failed.as_deref().map(sync_failed)
     }
 
     /// Whether `id` is on disk (always true while not pipelining).
@@ -133,13 +130,15 @@ impl Durability {
             .map(|mark| mark.failed.clone());
         match result {
             Ok(None) => Ok(()),
-            Ok(Some(_)) => Err(self
-                .failure()
-                .unwrap_or_else(|| io::Error::other("sync failed"))),
+            Ok(Some(reason)) => Err(sync_failed(&reason)),
             // The sender lives in `inner`, which `self` holds: it cannot be dropped first.
             Err(_) => Err(io::Error::other("raft log closed")),
         }
     }
+}
+
+fn sync_failed(reason: &str) -> io::Error {
+    io::Error::other(format!("the raft log could not be synced: {reason}"))
 }
 
 #[cfg(test)]

@@ -132,9 +132,9 @@ impl LogStore {
         }
     }
 
-    /// Forgets that this node (`me`) led: a committed vote for itself is saved again as a plain vote
-    /// for itself in the same term, as a candidate's. Call on start, before Raft, when appends are
-    /// pipelined.
+    /// Forgets that this node led: a committed vote for itself is saved again as a plain vote for
+    /// itself in the same term, as a candidate's. Does nothing unless appends are pipelined
+    /// ([`LogStore::pipeline_as`]); call on start, before Raft.
     ///
     /// openraft 0.9 resumes as leader, in the same term, a node that restarts with a committed vote
     /// for itself. With pipelined appends its log may have lost, with the machine, entries it had
@@ -144,7 +144,10 @@ impl LogStore {
     /// as a majority's. The term is kept: a vote for itself in the next term could outrank the leader
     /// the others elected meanwhile in that term (openraft orders votes of one term by node id) and
     /// force one more election. Returns whether the vote was changed.
-    pub async fn step_down_on_restart(&self, me: u64) -> Result<bool, StorageError<u64>> {
+    pub async fn step_down_on_restart(&self) -> Result<bool, StorageError<u64>> {
+        let Some(&me) = self.me.get() else {
+            return Ok(false);
+        };
         let mut store = self.clone();
         let Some(vote) = store.read_vote().await? else {
             return Ok(false);
@@ -185,21 +188,21 @@ impl LogStore {
             .map_err(|_| io::Error::other("raft log lock poisoned by an earlier panic"))
     }
 
+    /// Queues a synced flush of everything `log` holds; once it is on disk the watermark moves
+    /// and `then` is told.
+    fn sync(&self, log: &mut RaftLog<WalTypes>, then: Then) -> Result<(), io::Error> {
+        let done = FlushDone {
+            durable: self.durable.clone(),
+            upto: log.log_state().last().map(|id| id.0),
+            then,
+        };
+        log.flush(true, Some(done))
+    }
+
     /// Queues a synced flush and waits for the fsync.
     async fn flush_and_wait(&self) -> Result<(), io::Error> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut log = self.lock()?;
-            let upto = log.log_state().last().map(|id| id.0);
-            log.flush(
-                true,
-                Some(FlushDone::Notify {
-                    tx,
-                    durable: self.durable.clone(),
-                    upto,
-                }),
-            )?;
-        }
+        self.sync(&mut *self.lock()?, Then::Notify(tx))?;
         rx.await
             .map_err(|_| io::Error::other("raft log flush worker stopped"))?
     }
@@ -337,23 +340,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // One synced flush per call. A follower's append is acknowledged by that flush's
         // callback; the leader's own is acknowledged now, and the watermark follows the flush.
-        let durable = self.durable.clone();
-        let upto = log.log_state().last().map(|id| id.0);
         if pipelined {
-            log.flush(true, Some(FlushDone::Synced { durable, upto }))
+            self.sync(&mut log, Then::Nothing)
                 .map_err(|e| StorageIOError::write_logs(&e))?;
             drop(log);
             callback.log_io_completed(Ok(()));
         } else {
-            log.flush(
-                true,
-                Some(FlushDone::Appended {
-                    callback,
-                    durable,
-                    upto,
-                }),
-            )
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+            self.sync(&mut log, Then::Appended(callback))
+                .map_err(|e| StorageIOError::write_logs(&e))?;
         }
         Ok(())
     }
@@ -536,56 +530,38 @@ fn read_u64<R: io::Read>(mut r: R) -> Result<u64, io::Error> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Who is told when a flush reaches the disk.
-/// What a synced flush reports to when it is done; each also moves the watermark to `upto`, the
-/// last entry the flush covers.
-pub(crate) enum FlushDone {
-    /// openraft, for a follower's `append`.
-    Appended {
-        callback: LogFlushed<TypeConfig>,
-        durable: Durability,
-        upto: Option<LogId>,
-    },
-    /// Only the watermark, for a leader's pipelined `append`.
-    Synced {
-        durable: Durability,
-        upto: Option<LogId>,
-    },
-    /// A task of ours waiting for a vote, truncate or purge to be durable.
-    Notify {
-        tx: oneshot::Sender<io::Result<()>>,
-        durable: Durability,
-        upto: Option<LogId>,
-    },
+/// What a synced flush does when it reaches the disk: moves the watermark to `upto`, the last entry
+/// it covers (or marks the watermark failed), then tells `then`.
+pub(crate) struct FlushDone {
+    durable: Durability,
+    upto: Option<LogId>,
+    then: Then,
 }
 
-impl FlushDone {
-    fn mark(durable: &Durability, upto: Option<LogId>, result: &Result<(), io::Error>) {
-        match result {
-            Ok(()) => durable.synced(upto),
-            Err(err) => {
-                tracing::error!(error = %err, "the raft log could not be synced; this node stops taking log entries");
-                durable.fail(err.to_string());
-            }
-        }
-    }
+/// Who else hears of a synced flush.
+pub(crate) enum Then {
+    /// openraft, for a follower's `append`.
+    Appended(LogFlushed<TypeConfig>),
+    /// Nobody: a leader's pipelined `append`, already reported.
+    Nothing,
+    /// A task of ours waiting for a vote, truncate or purge to be durable.
+    Notify(oneshot::Sender<io::Result<()>>),
 }
 
 impl raft_log::Callback for FlushDone {
     fn send(self, result: Result<(), io::Error>) {
-        match self {
-            FlushDone::Appended {
-                callback,
-                durable,
-                upto,
-            } => {
-                FlushDone::mark(&durable, upto, &result);
-                callback.log_io_completed(result);
+        match &result {
+            Ok(()) => self.durable.synced(self.upto),
+            Err(err) => {
+                tracing::error!(error = %err, "the raft log could not be synced; this node stops taking log entries");
+                self.durable.fail(err.to_string());
             }
-            FlushDone::Synced { durable, upto } => FlushDone::mark(&durable, upto, &result),
-            FlushDone::Notify { tx, durable, upto } => {
-                FlushDone::mark(&durable, upto, &result);
-                // The waiter may have been cancelled; nothing else to tell.
+        }
+        match self.then {
+            Then::Appended(callback) => callback.log_io_completed(result),
+            Then::Nothing => {}
+            // The waiter may have been cancelled; nothing else to tell.
+            Then::Notify(tx) => {
                 let _ = tx.send(result);
             }
         }
@@ -686,27 +662,41 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_leader_keeps_its_vote_but_not_its_leadership() {
+        // Not pipelining: even its own leadership is left as it is.
+        let plain = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(plain.path()).expect("open");
+        store
+            .save_vote(&Vote::new_committed(2, 1))
+            .await
+            .expect("vote");
+        assert!(!store.step_down_on_restart().await.expect("not pipelining"));
+        assert_eq!(
+            store.read_vote().await.expect("read"),
+            Some(Vote::new_committed(2, 1))
+        );
+
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = LogStore::open(dir.path()).expect("open");
-        assert!(!store.step_down_on_restart(1).await.expect("no vote"));
+        store.pipeline_as(1);
+        assert!(!store.step_down_on_restart().await.expect("no vote"));
         // Another node's leadership, or a vote not committed: left as it is.
         store
             .save_vote(&Vote::new_committed(2, 3))
             .await
             .expect("vote");
-        assert!(!store.step_down_on_restart(1).await.expect("other leader"));
+        assert!(!store.step_down_on_restart().await.expect("other leader"));
         assert_eq!(
             store.read_vote().await.expect("read"),
             Some(Vote::new_committed(2, 3))
         );
         store.save_vote(&Vote::new(3, 1)).await.expect("vote");
-        assert!(!store.step_down_on_restart(1).await.expect("candidate"));
+        assert!(!store.step_down_on_restart().await.expect("candidate"));
         // Its own leadership: the same term, no longer committed, kept after reopening.
         store
             .save_vote(&Vote::new_committed(3, 1))
             .await
             .expect("vote");
-        assert!(store.step_down_on_restart(1).await.expect("own leadership"));
+        assert!(store.step_down_on_restart().await.expect("own leadership"));
         drop(store);
         let mut store = LogStore::open(dir.path()).expect("reopen");
         assert_eq!(

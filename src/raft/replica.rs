@@ -181,7 +181,7 @@ impl Replica {
         let id = node_id(data_dir, pristine)?;
         log_store.pipeline_as(id);
         let stepped_down = log_store
-            .step_down_on_restart(id)
+            .step_down_on_restart()
             .await
             .map_err(|err| ReplicaError::Raft(err.to_string()))?;
         if stepped_down {
