@@ -1151,6 +1151,19 @@ mod tests {
             .await
     }
 
+    /// A slow `GET target` sent in the background, answered within `response_timeout`.
+    fn ask_in_background(
+        client: &Arc<HopClient>,
+        addr: SocketAddr,
+        target: &'static str,
+        response_timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<Response, HopError>> {
+        let client = client.clone();
+        tokio::spawn(
+            async move { ask(&client, addr, Method::GET, target, b"", response_timeout).await },
+        )
+    }
+
     async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !condition() {
@@ -1277,13 +1290,7 @@ mod tests {
     async fn a_closing_member_refuses_and_a_dead_one_fails_what_it_held() {
         let member = Harness::start(true, None).await;
         let client = Arc::new(forwarder());
-        let slow = {
-            let client = client.clone();
-            let addr = member.addr;
-            tokio::spawn(
-                async move { ask(&client, addr, Method::GET, "/slow", b"", 30 * SECOND).await },
-            )
-        };
+        let slow = ask_in_background(&client, member.addr, "/slow", 30 * SECOND);
         let hop = member.hop.clone();
         wait_until("the slow request is being served", || hop.in_flight() == 1).await;
         member.hop.close();
@@ -1306,13 +1313,7 @@ mod tests {
     async fn a_forgotten_channel_finishes_what_is_in_flight_then_closes() {
         let member = Harness::start(true, None).await;
         let client = Arc::new(forwarder());
-        let slow = {
-            let client = client.clone();
-            let addr = member.addr;
-            tokio::spawn(async move {
-                ask(&client, addr, Method::GET, "/slow?ms=300", b"", 10 * SECOND).await
-            })
-        };
+        let slow = ask_in_background(&client, member.addr, "/slow?ms=300", 10 * SECOND);
         let hop = member.hop.clone();
         wait_until("the slow request is being served", || hop.in_flight() == 1).await;
         // The member announced it is leaving: the router forgets its channel.

@@ -51,6 +51,15 @@ struct Harness {
 }
 
 impl Harness {
+    /// The state machine's current snapshot, which must exist (`what` says why).
+    async fn current_snapshot(&mut self, what: &str) -> Snapshot<TypeConfig> {
+        self.sm
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect(what)
+    }
+
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let sm = SessionStateMachine::open(dir.path()).expect("open");
@@ -384,12 +393,7 @@ async fn snapshot_round_trip_between_nodes() {
     // openraft keeps only the meta of a built snapshot; the data is in the file, which is what
     // followers are sent.
     assert!(snapshot.snapshot.get_ref().is_empty());
-    let current = leader
-        .sm
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("a snapshot");
+    let current = leader.current_snapshot("a snapshot").await;
     assert_eq!(current.meta, snapshot.meta);
 
     // The streamed encoding is exactly a `SessionSnapshot`, sessions ordered by id.
@@ -401,12 +405,7 @@ async fn snapshot_round_trip_between_nodes() {
 
     // Writes after the snapshot do not leak into it.
     leader.run(create(200, 10, T0)).await;
-    let later = leader
-        .sm
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("a snapshot");
+    let later = leader.current_snapshot("a snapshot").await;
     assert_eq!(later.meta, snapshot.meta);
     assert_eq!(later.snapshot.get_ref(), current.snapshot.get_ref());
 
@@ -431,11 +430,8 @@ async fn snapshot_round_trip_between_nodes() {
         vec![sid(0), sid(1)]
     );
     let follower_current = follower
-        .sm
-        .get_current_snapshot()
-        .await
-        .expect("current")
-        .expect("installed snapshot is current");
+        .current_snapshot("installed snapshot is current")
+        .await;
     assert_eq!(follower_current.meta, current.meta);
 
     // Damaged snapshot data is refused, and the state is left alone.
