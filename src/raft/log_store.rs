@@ -602,6 +602,25 @@ mod tests {
         }
     }
 
+    /// A log directory laid out as in a node's data dir (`<tmp>/raft-log`), so that the chunk trash
+    /// next to it (`<tmp>/raft-log-trash`) is removed with the temp dir too.
+    struct LogDir {
+        _root: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    impl LogDir {
+        fn new() -> LogDir {
+            let root = tempfile::tempdir().expect("tempdir");
+            let path = root.path().join(super::super::LOG_DIR);
+            LogDir { _root: root, path }
+        }
+
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
     async fn write_entries(dir: &Path, indexes: std::ops::RangeInclusive<u64>) {
         let mut store = LogStore::open(dir).expect("open");
         store
@@ -632,7 +651,7 @@ mod tests {
 
     #[test]
     fn only_the_leaders_own_appends_are_pipelined() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         let store = LogStore::open(dir.path()).expect("open");
         let records = |term: u64, node: u64| {
             let id = LogId::new(CommittedLeaderId::new(term, node), 1);
@@ -663,7 +682,7 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_leader_keeps_its_vote_but_not_its_leadership() {
         // Not pipelining: even its own leadership is left as it is.
-        let plain = tempfile::tempdir().expect("tempdir");
+        let plain = LogDir::new();
         let mut store = LogStore::open(plain.path()).expect("open");
         store
             .save_vote(&Vote::new_committed(2, 1))
@@ -675,7 +694,7 @@ mod tests {
             Some(Vote::new_committed(2, 1))
         );
 
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         let mut store = LogStore::open(dir.path()).expect("open");
         store.pipeline_as(1);
         assert!(!store.step_down_on_restart().await.expect("no vote"));
@@ -707,7 +726,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipelined_append_is_synced_and_counted_durable_after_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         {
             let mut store = LogStore::open(dir.path()).expect("open");
             store.pipeline_as(1);
@@ -736,7 +755,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_vote_and_committed_survive_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         write_entries(dir.path(), 1..=20).await;
         {
             let mut store = LogStore::open(dir.path()).expect("reopen");
@@ -779,14 +798,14 @@ mod tests {
 
     #[tokio::test]
     async fn fresh_store_is_pristine() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         let store = LogStore::open(dir.path()).expect("open");
         assert!(store.is_pristine().expect("pristine"));
     }
 
     #[tokio::test]
     async fn second_open_of_the_same_dir_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         let _first = LogStore::open(dir.path()).expect("open");
         let err = LogStore::open(dir.path()).expect_err("locked");
         assert!(err.to_string().contains(&dir.path().display().to_string()));
@@ -794,7 +813,7 @@ mod tests {
 
     #[tokio::test]
     async fn torn_tail_recovers_to_last_complete_entry() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         write_entries(dir.path(), 1..=10).await;
         let last_chunk = chunk_files(dir.path()).pop().expect("a chunk file");
         let len = std::fs::metadata(&last_chunk).expect("stat").len();
@@ -822,7 +841,7 @@ mod tests {
 
     #[tokio::test]
     async fn damage_anywhere_is_an_error_or_exact_prefix() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = LogDir::new();
         write_entries(dir.path(), 1..=10).await;
         let chunk = chunk_files(dir.path()).pop().expect("a chunk file");
         let original = std::fs::read(&chunk).expect("read chunk");

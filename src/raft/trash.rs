@@ -134,7 +134,8 @@ mod tests {
 
     #[test]
     fn purged_chunks_are_freed_here_and_live_ones_kept() {
-        let dir = std::env::temp_dir().join(format!("mt-trash-{}", std::process::id()));
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path();
         let log_dir = dir.join("raft-log");
         std::fs::create_dir_all(&log_dir).expect("mkdir");
         for name in ["r-1.wal", "r-2.wal", "r-3.wal"] {
@@ -166,6 +167,5 @@ mod tests {
                 .len(),
             10 * 1024 * 1024
         );
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
