@@ -180,7 +180,7 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
     // A follower that knows the leader sends the batch there at once; otherwise Raft itself says
     // whether this node leads. The batch is not copied for that: when Raft answers "not the
     // leader", nothing was applied, and the caller's next attempt is forwarded.
-    let Some(addr) = replica.known_leader_elsewhere() else {
+    let Some(leader) = replica.known_leader_elsewhere() else {
         let mut local = proposal;
         // The leader stamps each write with its own clock just before proposing it.
         local.stamp(now_ms());
@@ -205,7 +205,11 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
     };
     let client = replica.peer_client();
     let uncertain = match client
-        .call(addr, &PeerRequest::ClientWrite(proposal), FORWARD_TIMEOUT)
+        .call(
+            &leader,
+            &PeerRequest::ClientWrite(proposal),
+            FORWARD_TIMEOUT,
+        )
         .await
     {
         // No wait for the local apply: every read goes through the read barrier, which waits for
@@ -228,12 +232,12 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
         // Nothing was sent: safe to try again once a leader is known.
         Err(err) if err.is_unreachable() => {
             debug!(error = %err, "leader unreachable; retrying");
-            client.forget(addr);
+            client.forget(leader.addr);
             None
         }
         Err(err) => {
             debug!(error = %err, "forwarded write got no answer; retrying on the leader");
-            client.forget(addr);
+            client.forget(leader.addr);
             Some(err.to_string())
         }
     };

@@ -113,12 +113,27 @@ pub enum PeerError {
         /// Why (never the key).
         reason: String,
     },
+    /// Another node answers at the address (the one wanted moved away or was replaced there).
+    #[error(
+        "{found} answers at {addr}, not {expected}: {expected} moved or its address was reused"
+    )]
+    WrongPeer {
+        /// Peer address.
+        addr: SocketAddr,
+        /// The node the call was meant for.
+        expected: String,
+        /// The node that answered.
+        found: String,
+    },
 }
 
 impl PeerError {
     /// Whether the peer could not be reached at all (nothing was sent).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, PeerError::Connect { .. })
+        matches!(
+            self,
+            PeerError::Connect { .. } | PeerError::WrongPeer { .. }
+        )
     }
 }
 
@@ -172,6 +187,8 @@ pub struct PeerStream {
     stream: TcpStream,
     /// `(sending, receiving)`.
     ciphers: Option<(FrameCipher, FrameCipher)>,
+    /// The name the other side gave in its hello (empty on the accepting side).
+    peer_name: String,
 }
 
 impl PeerStream {
@@ -180,6 +197,7 @@ impl PeerStream {
         PeerStream {
             stream,
             ciphers: None,
+            peer_name: String::new(),
         }
     }
 
@@ -481,6 +499,7 @@ impl PeerClient {
         if let (Some(key), Some(nonce)) = (&self.inner.key, client_nonce) {
             authenticate_as_client(&mut stream, addr, key, ours, &theirs, nonce).await?;
         }
+        stream.peer_name = theirs.from_name;
         Ok(stream)
     }
 
@@ -528,29 +547,46 @@ impl PeerClient {
         idle.remove(&addr);
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request to `peer` and waits for its response. A node answering at the address under
+    /// another name is not used ([`PeerError::WrongPeer`], nothing sent).
     pub async fn call(
         &self,
-        addr: SocketAddr,
+        peer: &PeerAt,
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
+        let addr = peer.addr;
         let exchange = async {
             if let Some(mut stream) = self.take_idle(addr) {
-                match self.exchange(&mut stream, addr, request).await {
-                    Ok(response) => {
-                        self.put_idle(addr, stream);
-                        return Ok(response);
-                    }
-                    // The peer may have closed a pooled connection meanwhile. Raft messages are safe to
-                    // resend; a forwarded write is resent only if it never left this node.
-                    Err((err, sent)) if sent && !request_is_idempotent(request) => return Err(err),
-                    Err((err, _)) => {
-                        debug!(peer = %addr, error = %err, "pooled connection failed; reconnecting")
+                if stream.peer_name != peer.name {
+                    // Pooled before another node took over the address: every idle stream there
+                    // is to the same other node.
+                    self.forget(addr);
+                } else {
+                    match self.exchange(&mut stream, addr, request).await {
+                        Ok(response) => {
+                            self.put_idle(addr, stream);
+                            return Ok(response);
+                        }
+                        // The peer may have closed a pooled connection meanwhile. Raft messages are
+                        // safe to resend; a forwarded write is resent only if it never left this node.
+                        Err((err, sent)) if sent && !request_is_idempotent(request) => {
+                            return Err(err);
+                        }
+                        Err((err, _)) => {
+                            debug!(peer = %addr, error = %err, "pooled connection failed; reconnecting")
+                        }
                     }
                 }
             }
             let mut stream = self.connect(addr).await?;
+            if stream.peer_name != peer.name {
+                return Err(PeerError::WrongPeer {
+                    addr,
+                    expected: peer.name.clone(),
+                    found: std::mem::take(&mut stream.peer_name),
+                });
+            }
             let response = self
                 .exchange(&mut stream, addr, request)
                 .await
@@ -695,26 +731,46 @@ pub async fn accept_handshake(
     Ok(())
 }
 
+/// A member to call: where it is, and the node name it must answer with there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAt {
+    /// Its cluster (peer RPC) address.
+    pub addr: SocketAddr,
+    /// Its node name; a node of another name at `addr` is not talked to.
+    pub name: String,
+}
+
+impl PeerAt {
+    /// Where `node` says it is, when its cluster address parses.
+    pub fn of(node: &PeerNode) -> Option<PeerAt> {
+        Some(PeerAt {
+            addr: node.cluster_addr.parse().ok()?,
+            name: node.name.clone(),
+        })
+    }
+}
+
 /// Where a Raft member can be reached now. A node restarted at another address keeps its Raft id, so
 /// its peers look it up by id in gossip first (see `replica::gossiped_address`) and fall back to the
-/// address recorded in the Raft membership, which the leader updates later.
+/// node recorded in the Raft membership, which the leader updates later. Either way the call is
+/// checked against the name that source gives: an address that another node took over (an IP
+/// reused while the member is down) is never mistaken for the member.
 #[derive(Clone)]
 pub struct AddressBook {
-    gossiped: Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>,
+    gossiped: Arc<dyn Fn(NodeId) -> Option<PeerAt> + Send + Sync>,
 }
 
 impl AddressBook {
-    /// A book that asks `gossiped` for a member's current cluster address by Raft id (`None` when
-    /// gossip cannot say).
-    pub fn new(gossiped: impl Fn(NodeId) -> Option<SocketAddr> + Send + Sync + 'static) -> Self {
+    /// A book that asks `gossiped` where a member is by Raft id (`None` when gossip cannot say).
+    pub fn new(gossiped: impl Fn(NodeId) -> Option<PeerAt> + Send + Sync + 'static) -> Self {
         AddressBook {
             gossiped: Arc::new(gossiped),
         }
     }
 
-    /// Where member `id` is: where it gossips from, else its `recorded` node's cluster address.
-    pub fn resolve(&self, id: NodeId, recorded: Option<&PeerNode>) -> Option<SocketAddr> {
-        (self.gossiped)(id).or_else(|| recorded.and_then(|node| node.cluster_addr.parse().ok()))
+    /// Where member `id` is: where it gossips from, else where its `recorded` node is.
+    pub fn resolve(&self, id: NodeId, recorded: Option<&PeerNode>) -> Option<PeerAt> {
+        (self.gossiped)(id).or_else(|| recorded.and_then(PeerAt::of))
     }
 }
 
@@ -771,7 +827,7 @@ impl PeerConnection {
         request: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>> {
-        let Some(addr) = self.addresses.resolve(self.target, Some(&self.node)) else {
+        let Some(peer) = self.addresses.resolve(self.target, Some(&self.node)) else {
             let err =
                 std::io::Error::other(format!("node {} has no valid cluster address", self.target));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
@@ -779,7 +835,7 @@ impl PeerConnection {
         // openraft's deadline is one heartbeat interval, too short for a batch of large entries on a
         // busy machine: a timeout makes it back off for 500 ms, worse than a late answer.
         let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
-        match self.client.call(addr, &request, timeout).await {
+        match self.client.call(&peer, &request, timeout).await {
             Ok(PeerResponse::Error(text)) => Err(RPCError::Network(NetworkError::new(
                 &std::io::Error::other(text),
             ))),
@@ -960,15 +1016,28 @@ mod tests {
         addr
     }
 
+    /// The test server as a member to call.
+    fn the_server(addr: SocketAddr) -> PeerAt {
+        PeerAt {
+            addr,
+            name: "server".to_string(),
+        }
+    }
+
     async fn read_index(client: &PeerClient, addr: SocketAddr) -> Result<PeerResponse, PeerError> {
         client
-            .call(addr, &PeerRequest::ReadIndex, Duration::from_secs(5))
+            .call(
+                &the_server(addr),
+                &PeerRequest::ReadIndex,
+                Duration::from_secs(5),
+            )
             .await
     }
 
-    /// An append to a follower at `addr` of entries 1..=`last` of term 1, by node 1.
+    /// An append to a follower named `name` at `addr` of entries 1..=`last` of term 1, by node 1.
     async fn append_to(
         addr: SocketAddr,
+        name: &str,
         durable: &Durability,
         last: u64,
     ) -> tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>>> {
@@ -977,7 +1046,7 @@ mod tests {
         let client = PeerClient::new("demo", "leader", None);
         let mut network = Network::new(client, durable.clone(), AddressBook::new(|_| None));
         let node = PeerNode {
-            name: "follower".to_string(),
+            name: name.to_string(),
             cluster_addr: addr.to_string(),
             http_addr: "127.0.0.1:1".to_string(),
         };
@@ -1000,6 +1069,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_answering_under_another_name_is_not_taken_for_the_member() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        // "server" took over the address where the membership still has "node-3".
+        let addr = server(None, &tasks, &shutdown).await;
+        let client = PeerClient::new("demo", "leader", None);
+        let node_3 = PeerAt {
+            addr,
+            name: "node-3".to_string(),
+        };
+        let ask = |peer: PeerAt| {
+            let client = client.clone();
+            async move {
+                client
+                    .call(&peer, &PeerRequest::ReadIndex, Duration::from_secs(5))
+                    .await
+            }
+        };
+        let err = ask(node_3.clone()).await.expect_err("another node answers");
+        assert!(err.is_unreachable(), "nothing was sent: {err}");
+        assert!(
+            matches!(&err, PeerError::WrongPeer { expected, found, .. } if expected == "node-3" && found == "server"),
+            "{err}"
+        );
+
+        // A pooled connection to "server" is not reused for "node-3" either.
+        let answer = ask(the_server(addr))
+            .await
+            .expect("the right name is answered");
+        assert!(matches!(answer, PeerResponse::ReadIndex { .. }));
+        let err = ask(node_3)
+            .await
+            .expect_err("pooled stream to another node");
+        assert!(matches!(err, PeerError::WrongPeer { .. }), "{err}");
+
+        // Raft traffic meant for node-3 counts it unreachable: the node there never acknowledges
+        // entries in node-3's place.
+        let durable = Durability::new(None);
+        let append = append_to(addr, "node-3", &durable, 1).await;
+        let result = tokio::time::timeout(Duration::from_secs(5), append).await;
+        let err = result
+            .expect("answered")
+            .expect("joined")
+            .expect_err("wrong node");
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    #[tokio::test]
     async fn a_follower_match_is_reported_once_the_leaders_own_copy_is_synced() {
         use openraft::CommittedLeaderId;
         use proto::raft::LogId;
@@ -1010,14 +1131,14 @@ mod tests {
 
         // Not pipelining: the follower's answer goes straight to openraft.
         let durable = Durability::new(None);
-        let plain = append_to(addr, &durable, 3).await;
+        let plain = append_to(addr, "server", &durable, 3).await;
         let response = tokio::time::timeout(Duration::from_secs(5), plain).await;
         let response = response.expect("answered").expect("joined").expect("rpc");
         assert!(matches!(response, AppendEntriesResponse::Success));
 
         // Pipelining: held until the leader's log is synced up to the follower's match.
         durable.start_pipelining();
-        let held = append_to(addr, &durable, 3).await;
+        let held = append_to(addr, "server", &durable, 3).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !held.is_finished(),
@@ -1032,7 +1153,7 @@ mod tests {
         assert!(matches!(response, AppendEntriesResponse::Success));
 
         // A failed sync turns the follower's success into an error: nothing counts.
-        let failing = append_to(addr, &durable, 4).await;
+        let failing = append_to(addr, "server", &durable, 4).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         durable.fail("disk gone".to_string());
         let result = tokio::time::timeout(Duration::from_secs(5), failing).await;

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::batch::{Attempt, WriteQueue};
-use super::network::{AddressBook, Network, PeerClient, PeerHandler};
+use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerHandler};
 use super::state_machine::SessionReader;
 use super::{RaftStorageError, open_storage};
 use crate::config::NodeConfig;
@@ -421,8 +421,8 @@ impl Replica {
         &self.raft
     }
 
-    /// The cluster address of the leader, when Raft knows one and it is another node.
-    pub(super) fn known_leader_elsewhere(&self) -> Option<SocketAddr> {
+    /// Where the leader is, when Raft knows one and it is another node.
+    pub(super) fn known_leader_elsewhere(&self) -> Option<PeerAt> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader.filter(|leader| *leader != self.id)?;
@@ -498,10 +498,10 @@ impl Replica {
                     return Err(ConsensusError::Stopped(fatal.to_string()));
                 }
             };
-            if let Some(addr) = forward.as_ref().and_then(|f| self.leader_addr(f)) {
+            if let Some(leader) = forward.as_ref().and_then(|f| self.leader_addr(f)) {
                 match self
                     .client
-                    .call(addr, &PeerRequest::ReadIndex, FORWARD_TIMEOUT)
+                    .call(&leader, &PeerRequest::ReadIndex, FORWARD_TIMEOUT)
                     .await
                 {
                     Ok(PeerResponse::ReadIndex { index }) => {
@@ -513,7 +513,7 @@ impl Replica {
                     Ok(_) => {}
                     Err(err) => {
                         debug!(error = %err, "read index from leader failed; retrying");
-                        self.client.forget(addr);
+                        self.client.forget(leader.addr);
                     }
                 }
             }
@@ -543,7 +543,7 @@ impl Replica {
 impl Replica {
     /// Where the leader a refusal names can be reached: where it gossips from, else its address in the
     /// Raft membership.
-    fn leader_addr(&self, forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<SocketAddr> {
+    fn leader_addr(&self, forward: &ForwardToLeader<NodeId, PeerNode>) -> Option<PeerAt> {
         let id = forward.leader_id?;
         self.addresses.resolve(id, forward.leader_node.as_ref())
     }
@@ -925,9 +925,12 @@ fn claimants(view: &MembershipView, id: NodeId) -> Vec<&MemberInfo> {
 /// member or several claim it (then the address in the Raft membership is used). Sending one node's
 /// Raft traffic to another would count the wrong node's answers, so two claimants (a copied data dir)
 /// are never guessed between.
-pub(super) fn gossiped_address(view: &MembershipView, id: NodeId) -> Option<SocketAddr> {
+pub(super) fn gossiped_address(view: &MembershipView, id: NodeId) -> Option<PeerAt> {
     match claimants(view, id).as_slice() {
-        [member] => Some(member.cluster_addr),
+        [member] => Some(PeerAt {
+            addr: member.cluster_addr,
+            name: member.name.clone(),
+        }),
         _ => None,
     }
 }
