@@ -148,6 +148,48 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(half)
 }
 
+/// How long openraft 0.9's leader waits before it tries a follower again after a failed call (its
+/// default `RaftNetwork::backoff`).
+const REJOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Lets a restarted node stand for election only after the leader had time to reach it: until it hears
+/// from a leader, or for `quiet` (the leader's retry interval, one call and one election timeout).
+///
+/// Without this, a node back from a crash stands as soon as its election timer runs out, which can be
+/// before the leader's next try (the leader backs off after failing to reach it while it was down).
+/// It would then ask for votes in a term that may already have a leader, and openraft 0.9, with no
+/// pre-vote, lets a candidate of a higher id outrank that leader in its own term: every restart of an
+/// old leader would unseat the new one for another election. A cluster restarted as a whole elects
+/// its leader `quiet` after the nodes start instead of one election timeout after.
+async fn stand_after_rejoin_quiet(
+    replica: Arc<Replica>,
+    quiet: Duration,
+    shutdown: CancellationToken,
+) {
+    let single_voter = {
+        let metrics = replica.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().voter_ids().count() <= 1
+    };
+    let deadline = Instant::now() + quiet;
+    while !single_voter
+        && !replica.heard_leader.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    if !single_voter && !replica.heard_leader.load(Ordering::Relaxed) {
+        info!(
+            waited_ms = quiet.as_millis() as u64,
+            "no leader reached this node since it started; it may stand for election now"
+        );
+    }
+    replica.raft.runtime_config().elect(true);
+}
+
 fn peer_node(name: &str, cluster: SocketAddr, http: SocketAddr) -> PeerNode {
     PeerNode {
         name: name.to_string(),
@@ -211,6 +253,9 @@ impl Replica {
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT
                 .min(raft_config.snapshot_every / 10),
             max_payload_entries: 1_000,
+            // A restarted node stands for election only once the leader had its chance to reach it
+            // (see `stand_after_rejoin_quiet`).
+            enable_elect: pristine,
             ..Default::default()
         }
         .validate()
@@ -302,6 +347,14 @@ impl Replica {
             config.cluster.raft.snapshot_every,
             shutdown.clone(),
         ));
+        if !pristine {
+            let quiet = REJOIN_RETRY + raft_config.heartbeat + raft_config.election_timeout;
+            tasks.spawn(stand_after_rejoin_quiet(
+                replica.clone(),
+                quiet,
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(flush_touches(replica.clone(), shutdown));
         Ok(replica)
     }
