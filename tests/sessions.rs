@@ -786,16 +786,20 @@ async fn restarted_followers_are_ready_only_under_a_leader_that_runs() {
     }
 }
 
-/// The term every running node reports, once they all report the same one.
-async fn common_term(cluster: &Cluster) -> Option<u64> {
-    let mut term = None;
+/// The leader and term every running node reports, once they all report the same ones.
+async fn common_leadership(cluster: &Cluster) -> Option<(String, u64)> {
+    let mut common = None;
     for name in cluster.running() {
-        let seen = cluster.status(&name).await?["raft"]["term"].as_u64()?;
-        if *term.get_or_insert(seen) != seen {
+        let status = cluster.status(&name).await?;
+        let seen = (
+            status["leader"].as_str()?.to_string(),
+            status["raft"]["term"].as_u64()?,
+        );
+        if *common.get_or_insert_with(|| seen.clone()) != seen {
             return None;
         }
     }
-    term
+    common
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,14 +819,14 @@ async fn a_restarted_old_leader_rejoins_without_calling_an_election() {
     for round in 1..=5 {
         let old = cluster.wait_leader(READY).await;
         cluster.kill9(&old);
-        let new = cluster.wait_leader(CONVERGE).await;
-        assert_ne!(new, old, "round {round}");
+        cluster.wait_leader(CONVERGE).await;
         // Long enough for the new leader's replication to the dead node to fail and back off.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let term = wait_for("one term on the survivors", CONVERGE, || {
-            common_term(&cluster)
+        let (new, term) = wait_for("one leader and term on the survivors", CONVERGE, || {
+            common_leadership(&cluster)
         })
         .await;
+        assert_ne!(new, old, "round {round}");
         cluster.start(&old);
         cluster.wait_ready(READY).await;
         // From its start until well past its election timeout, nobody calls an election.

@@ -153,7 +153,7 @@ fn rand_u64() -> u64 {
 const REJOIN_RETRY: Duration = Duration::from_millis(500);
 
 /// Lets a restarted node stand for election only after the leader had time to reach it: until it hears
-/// from a leader, or for `quiet` (the leader's retry interval, one call and one election timeout).
+/// from a leader, or for `quiet` (two of the leader's retries and one election timeout).
 ///
 /// Without this, a node back from a crash stands as soon as its election timer runs out, which can be
 /// before the leader's next try (the leader backs off after failing to reach it while it was down).
@@ -348,7 +348,9 @@ impl Replica {
             shutdown.clone(),
         ));
         if !pristine {
-            let quiet = REJOIN_RETRY + raft_config.heartbeat + raft_config.election_timeout;
+            // Two of the leader's tries (each a retry wait and a call of one heartbeat), so that one
+            // that fails while this node is still starting does not end the quiet early.
+            let quiet = 2 * (REJOIN_RETRY + raft_config.heartbeat) + raft_config.election_timeout;
             tasks.spawn(stand_after_rejoin_quiet(
                 replica.clone(),
                 quiet,
