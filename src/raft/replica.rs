@@ -166,26 +166,30 @@ async fn stand_after_rejoin_quiet(
     quiet: Duration,
     shutdown: CancellationToken,
 ) {
-    let single_voter = {
-        let metrics = replica.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.membership_config.membership().voter_ids().count() <= 1
-    };
     let deadline = Instant::now() + quiet;
-    while !single_voter
-        && !replica.heard_leader.load(Ordering::Relaxed)
-        && Instant::now() < deadline
-    {
+    loop {
+        // Read each time: right after start the metrics may not show the stored membership yet, and
+        // an empty one must not pass for a single voter.
+        let voters = {
+            let metrics = replica.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().voter_ids().count()
+        };
+        // The only voter elects itself at once; nobody else can reach it for that.
+        if voters == 1 || replica.heard_leader.load(Ordering::Relaxed) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            info!(
+                waited_ms = quiet.as_millis() as u64,
+                "no leader reached this node since it started; it may stand for election now"
+            );
+            break;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-    }
-    if !single_voter && !replica.heard_leader.load(Ordering::Relaxed) {
-        info!(
-            waited_ms = quiet.as_millis() as u64,
-            "no leader reached this node since it started; it may stand for election now"
-        );
     }
     replica.raft.runtime_config().elect(true);
 }
