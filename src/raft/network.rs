@@ -516,13 +516,20 @@ impl PeerClient {
         }
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<PeerStream> {
+    /// A pooled connection to `peer`. Pooled connections to another node at its address (one that
+    /// took the address over) are all dropped instead.
+    fn take_idle(&self, peer: &PeerAt) -> Option<PeerStream> {
         let mut idle = self
             .inner
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        idle.get_mut(&addr).and_then(Vec::pop)
+        let streams = idle.get_mut(&peer.addr)?;
+        if streams.last()?.peer_name != peer.name {
+            idle.remove(&peer.addr);
+            return None;
+        }
+        streams.pop()
     }
 
     fn put_idle(&self, addr: SocketAddr, stream: PeerStream) {
@@ -557,25 +564,17 @@ impl PeerClient {
     ) -> Result<PeerResponse, PeerError> {
         let addr = peer.addr;
         let exchange = async {
-            if let Some(mut stream) = self.take_idle(addr) {
-                if stream.peer_name != peer.name {
-                    // Pooled before another node took over the address: every idle stream there
-                    // is to the same other node.
-                    self.forget(addr);
-                } else {
-                    match self.exchange(&mut stream, addr, request).await {
-                        Ok(response) => {
-                            self.put_idle(addr, stream);
-                            return Ok(response);
-                        }
-                        // The peer may have closed a pooled connection meanwhile. Raft messages are
-                        // safe to resend; a forwarded write is resent only if it never left this node.
-                        Err((err, sent)) if sent && !request_is_idempotent(request) => {
-                            return Err(err);
-                        }
-                        Err((err, _)) => {
-                            debug!(peer = %addr, error = %err, "pooled connection failed; reconnecting")
-                        }
+            if let Some(mut stream) = self.take_idle(peer) {
+                match self.exchange(&mut stream, addr, request).await {
+                    Ok(response) => {
+                        self.put_idle(addr, stream);
+                        return Ok(response);
+                    }
+                    // The peer may have closed a pooled connection meanwhile. Raft messages are safe to
+                    // resend; a forwarded write is resent only if it never left this node.
+                    Err((err, sent)) if sent && !request_is_idempotent(request) => return Err(err),
+                    Err((err, _)) => {
+                        debug!(peer = %addr, error = %err, "pooled connection failed; reconnecting")
                     }
                 }
             }

@@ -972,21 +972,21 @@ async fn reconcile(
 }
 
 /// The live members (up or draining) that gossip Raft id `id`: one, normally.
-fn claimants(view: &MembershipView, id: NodeId) -> Vec<&MemberInfo> {
+fn claimants(view: &MembershipView, id: NodeId) -> impl Iterator<Item = &MemberInfo> {
     view.members
         .iter()
         .filter(|m| matches!(m.state, MemberState::Up | MemberState::Draining))
-        .filter(|m| m.raft_id == Some(id))
-        .collect()
+        .filter(move |m| m.raft_id == Some(id))
 }
 
-/// The cluster address that the one live member claiming Raft id `id` gossips; `None` when no live
-/// member or several claim it (then the address in the Raft membership is used). Sending one node's
-/// Raft traffic to another would count the wrong node's answers, so two claimants (a copied data dir)
-/// are never guessed between.
+/// Where the one live member claiming Raft id `id` is, by gossip: its cluster address and name;
+/// `None` when no live member or several claim it (then the Raft membership's node is used). Sending
+/// one node's Raft traffic to another would count the wrong node's answers, so two claimants (a
+/// copied data dir) are never guessed between. Called for every peer RPC, so it collects nothing.
 pub(super) fn gossiped_address(view: &MembershipView, id: NodeId) -> Option<PeerAt> {
-    match claimants(view, id).as_slice() {
-        [member] => Some(PeerAt {
+    let mut claimants = claimants(view, id);
+    match (claimants.next(), claimants.next()) {
+        (Some(member), None) => Some(PeerAt {
             addr: member.cluster_addr,
             name: member.name.clone(),
         }),
@@ -1009,7 +1009,7 @@ fn moved_members(config: &openraft::Membership<NodeId, PeerNode>, view: &Members
     let mut moved = BTreeMap::new();
     let mut shared = Vec::new();
     for (id, current) in config.nodes() {
-        let claimants = claimants(view, *id);
+        let claimants: Vec<&MemberInfo> = claimants(view, *id).collect();
         let member = match claimants.as_slice() {
             [] => continue,
             [member] => member,
