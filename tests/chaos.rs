@@ -79,35 +79,6 @@ async fn wait_leader_among(cluster: &Cluster, viewers: &[String], not: &[&str]) 
     .await
 }
 
-/// Watches for `window`: every node keeps naming `leader` at `term`. Returns what changed, if anything.
-async fn leadership_changes(
-    cluster: &Cluster,
-    leader: &str,
-    term: u64,
-    window: Duration,
-) -> Option<String> {
-    let until = Instant::now() + window;
-    while Instant::now() < until {
-        for name in cluster.running() {
-            let Some(status) = cluster.status(&name).await else {
-                continue;
-            };
-            let seen = (
-                status["raft"]["leader"].as_str().unwrap_or("-").to_string(),
-                status["raft"]["term"].as_u64().unwrap_or(0),
-            );
-            if seen != (leader.to_string(), term) {
-                return Some(format!(
-                    "{name} reports leader {} at term {} (expected {leader} at term {term})",
-                    seen.0, seen.1
-                ));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
 /// Waits until `count` writes were acknowledged through `via` since `since`.
 async fn wait_acks(load: &Load, since: Instant, via: &[String], count: usize, what: &str) {
     wait_for(what, CONVERGE, || async {
@@ -459,7 +430,9 @@ async fn pause_and_resume(
             "{before} led at term {term_before} before SIGCONT, {after} at term {term_after} after"
         ))
     } else {
-        leadership_changes(cluster, &after, term_after, Duration::from_secs(2)).await
+        cluster
+            .leadership_changes(&after, term_after, Duration::from_secs(2))
+            .await
     };
     let leadership = match &disturbed {
         None => format!("{after} at term {term_after}, undisturbed for 2s"),

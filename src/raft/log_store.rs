@@ -679,37 +679,27 @@ mod tests {
         assert!(!store.proposed_here(None, &records(2, 1)));
     }
 
+    /// Saves `vote`, then checks that stepping down on restart leaves it as it is.
+    async fn restart_keeps(store: &mut LogStore, vote: Vote, why: &str) {
+        store.save_vote(&vote).await.expect("vote");
+        assert!(!store.step_down_on_restart().await.expect(why), "{why}");
+        assert_eq!(store.read_vote().await.expect("read"), Some(vote), "{why}");
+    }
+
     #[tokio::test]
     async fn a_restarted_leader_keeps_its_vote_but_not_its_leadership() {
         // Not pipelining: even its own leadership is left as it is.
         let plain = LogDir::new();
         let mut store = LogStore::open(plain.path()).expect("open");
-        store
-            .save_vote(&Vote::new_committed(2, 1))
-            .await
-            .expect("vote");
-        assert!(!store.step_down_on_restart().await.expect("not pipelining"));
-        assert_eq!(
-            store.read_vote().await.expect("read"),
-            Some(Vote::new_committed(2, 1))
-        );
+        restart_keeps(&mut store, Vote::new_committed(2, 1), "not pipelining").await;
 
         let dir = LogDir::new();
         let mut store = LogStore::open(dir.path()).expect("open");
         store.pipeline_as(1);
         assert!(!store.step_down_on_restart().await.expect("no vote"));
         // Another node's leadership, or a vote not committed: left as it is.
-        store
-            .save_vote(&Vote::new_committed(2, 3))
-            .await
-            .expect("vote");
-        assert!(!store.step_down_on_restart().await.expect("other leader"));
-        assert_eq!(
-            store.read_vote().await.expect("read"),
-            Some(Vote::new_committed(2, 3))
-        );
-        store.save_vote(&Vote::new(3, 1)).await.expect("vote");
-        assert!(!store.step_down_on_restart().await.expect("candidate"));
+        restart_keeps(&mut store, Vote::new_committed(2, 3), "other leader").await;
+        restart_keeps(&mut store, Vote::new(3, 1), "candidate").await;
         // Its own leadership: the same term, no longer committed, kept after reopening.
         store
             .save_vote(&Vote::new_committed(3, 1))

@@ -440,6 +440,36 @@ impl Cluster {
         .await
     }
 
+    /// Watches for `window`: every running node keeps naming `leader` at `term`. Returns what changed,
+    /// if anything.
+    pub async fn leadership_changes(
+        &self,
+        leader: &str,
+        term: u64,
+        window: Duration,
+    ) -> Option<String> {
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            for name in self.running() {
+                let Some(status) = self.status(&name).await else {
+                    continue;
+                };
+                let seen = (
+                    status["raft"]["leader"].as_str().unwrap_or("-").to_string(),
+                    status["raft"]["term"].as_u64().unwrap_or(0),
+                );
+                if seen != (leader.to_string(), term) {
+                    return Some(format!(
+                        "{name} reports leader {} at term {} (expected {leader} at term {term})",
+                        seen.0, seen.1
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// `/cluster/sessions/digest` of a node: (applied index, session count, digest).
     pub async fn digest(&self, name: &str) -> Option<(u64, u64, String)> {
         let doc = self.get_json(name, "/cluster/sessions/digest").await?;
