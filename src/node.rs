@@ -250,13 +250,14 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
         context.replica().clone(),
         sessions.max_bytes,
         context.live().session_ttl_ms.clone(),
+        context.live().create_rate.clone(),
     );
     let ttl = tower_sessions::cookie::time::Duration::milliseconds(
         i64::try_from(sessions.ttl.as_millis()).unwrap_or(i64::MAX),
     );
     let session_layer = SessionManagerLayer::new(store)
         .with_name(sessions.cookie.clone())
-        .with_secure(false)
+        .with_secure(sessions.cookie_secure)
         .with_expiry(Expiry::OnInactivity(ttl));
     let api = SessionApi {
         replica: context.replica().clone(),

@@ -25,6 +25,8 @@ pub struct LiveSettings {
     pub cluster: ArcSwap<ClusterConfig>,
     /// `<sessions ttl-seconds>` in ms.
     pub session_ttl_ms: Arc<AtomicU64>,
+    /// `<sessions create-rate-per-ip>` and its buckets.
+    pub create_rate: Arc<crate::session::quota::CreateRate>,
     /// Changes the log filter, when the process installed one that can be changed.
     pub log: Option<LogControl>,
     /// One reload at a time.
@@ -36,6 +38,9 @@ impl LiveSettings {
     pub fn new(cluster: ClusterConfig, log: Option<LogControl>) -> LiveSettings {
         LiveSettings {
             session_ttl_ms: Arc::new(AtomicU64::new(cluster.sessions.ttl.as_millis() as u64)),
+            create_rate: Arc::new(crate::session::quota::CreateRate::new(
+                cluster.sessions.create_rate_per_ip,
+            )),
             cluster: ArcSwap::from_pointee(cluster),
             log,
             busy: Mutex::new(()),
@@ -79,6 +84,18 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
             new.sessions.ttl.as_secs()
         ));
     }
+    if old.sessions.max_active != new.sessions.max_active {
+        applied.push(format!(
+            "session max-active {} -> {}",
+            old.sessions.max_active, new.sessions.max_active
+        ));
+    }
+    if old.sessions.create_rate_per_ip != new.sessions.create_rate_per_ip {
+        applied.push(format!(
+            "session create-rate-per-ip {}/s -> {}/s",
+            old.sessions.create_rate_per_ip, new.sessions.create_rate_per_ip
+        ));
+    }
     if old.logging != new.logging {
         applied.push(format!(
             "log level {:?} -> {:?}",
@@ -114,8 +131,9 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
     }
     if old.sessions.cookie != new.sessions.cookie
         || old.sessions.max_bytes != new.sessions.max_bytes
+        || old.sessions.cookie_secure != new.sessions.cookie_secure
     {
-        restart.push("<sessions cookie/max-bytes>");
+        restart.push("<sessions cookie/max-bytes/cookie-secure>");
     }
     if old.metrics != new.metrics {
         restart.push("<metrics>");
@@ -267,6 +285,12 @@ pub async fn reload(context: &NodeContext) -> Result<String, String> {
     context.routing().apply(&new.balancer);
     live.session_ttl_ms
         .store(new.sessions.ttl.as_millis() as u64, Ordering::Relaxed);
+    live.create_rate
+        .set_per_second(new.sessions.create_rate_per_ip);
+    context
+        .replica()
+        .limits()
+        .set_max_active(new.sessions.max_active);
     live.cluster.store(Arc::new(new));
     let mut summary = if applied.is_empty() {
         "no tunable changed".to_string()

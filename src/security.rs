@@ -215,7 +215,9 @@ impl Secrets {
                  (fingerprint {})",
                 key.fingerprint()
             ),
-            _ => "no cluster key: gossip and peer RPC are open to the network".to_string(),
+            _ => "no cluster key: gossip and peer RPC are open to the network, and the peer port \
+                  takes session writes from anyone who can reach it"
+                .to_string(),
         };
         let admin = match &self.admin_token_origin {
             Some(origin) if self.admin_token.is_some() => {
@@ -240,6 +242,18 @@ pub enum SecretError {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// An admin token without a cluster key: the peer port would take session writes from anyone
+    /// who reaches it, so the token would guard little. Allowed only when the operator says so.
+    #[error(
+        "{origin}: an admin token is set but no cluster key, so the peer port takes session writes \
+         from anyone who can reach it and the token guards little; set a cluster key \
+         (MICRO_TOMCAT_GOSSIP_KEY or <security gossip-key-file>; make one with \
+         `openssl rand -base64 32`), or accept open peers with <security allow-open-peers=\"true\"/>"
+    )]
+    OpenPeers {
+        /// Where the token came from.
+        origin: String,
     },
     /// The secret is there but malformed.
     #[error("{origin}: {problem}")]
@@ -285,6 +299,13 @@ pub fn load_secrets(
         })?;
         secrets.admin_token = Some(token);
         secrets.admin_token_origin = Some(origin);
+    }
+    if let (Some(origin), None) = (&secrets.admin_token_origin, &secrets.gossip_key)
+        && !security.allow_open_peers
+    {
+        return Err(SecretError::OpenPeers {
+            origin: origin.clone(),
+        });
     }
     Ok(secrets)
 }
@@ -655,6 +676,31 @@ impl LogThrottle {
             }
         }
     }
+}
+
+/// Longest piece of outside text a log line quotes; the rest is cut (and says so).
+const MAX_LOGGED_CHARS: usize = 200;
+
+/// `text` (from a peer or a client) made safe to put in a log line: every control character
+/// (newline, carriage return, escape, and the rest of Unicode's `Cc`) is written as a Rust escape,
+/// so outside input can neither start a forged line nor send terminal escapes, and the text is cut
+/// at [`MAX_LOGGED_CHARS`] characters.
+pub fn escape_for_log(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LOGGED_CHARS + 16));
+    for (count, c) in text.chars().enumerate() {
+        if count == MAX_LOGGED_CHARS {
+            out.push_str("...(cut)");
+            break;
+        }
+        if c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The token in an `Authorization: Bearer <token>` value; `None` for any other scheme or shape.

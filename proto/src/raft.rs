@@ -235,8 +235,53 @@ pub enum SessionCommand {
     },
     /// Several writes proposed as one log entry (one append, one fsync, one replication round),
     /// applied in order exactly as if each were its own entry; answered by
-    /// [`CommandResponse::Batch`] with one response per command. Never nested.
-    Batch(Vec<SessionCommand>),
+    /// [`CommandResponse::Batch`] with one response per command. Never nested: a `Batch` inside a
+    /// `Batch` is refused when decoded (so no entry can make decoding or applying recurse).
+    Batch(#[serde(deserialize_with = "flat_batch")] Vec<SessionCommand>),
+    /// A `Create` that the leader stamped with the cluster-wide `<sessions max-active>` in force when
+    /// it proposed it: refused with [`CommandResponse::TooManySessions`] when that many sessions are
+    /// held already. The limit travels in the entry so every replica decides alike, whatever its own
+    /// configuration says. Wire version 3.
+    CreateWithin {
+        /// The new session's id.
+        id: SessionId,
+        /// JSON text of an object.
+        data: String,
+        /// Idle time to expiry, ms.
+        ttl_ms: u64,
+        /// Proposer's clock; becomes `created_ms` and `last_access_ms`.
+        now_ms: u64,
+        /// Most sessions the store may hold; this create is refused when it holds that many.
+        max_active: u64,
+    },
+}
+
+thread_local! {
+    /// Set while a `Batch`'s commands are being decoded on this thread.
+    static DECODING_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes a batch's elements, refusing a `Batch` (or `CommandResponse::Batch`) among them: the
+/// derived decoder would otherwise recurse as deep as the bytes say, and a frame of a few kilobytes
+/// nested thousands deep overflows the stack of whichever node decodes or applies it.
+fn flat_batch<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DECODING_BATCH.with(|flag| flag.set(false));
+        }
+    }
+    if DECODING_BATCH.with(|flag| flag.replace(true)) {
+        return Err(serde::de::Error::custom(
+            "a batch inside a batch (batches are never nested)",
+        ));
+    }
+    let _reset = Reset;
+    Vec::<T>::deserialize(deserializer)
 }
 
 impl SessionCommand {
@@ -245,6 +290,7 @@ impl SessionCommand {
     pub fn stamp(&mut self, now: u64) {
         match self {
             SessionCommand::Create { now_ms, .. }
+            | SessionCommand::CreateWithin { now_ms, .. }
             | SessionCommand::Put { now_ms, .. }
             | SessionCommand::Expire { now_ms, .. }
             | SessionCommand::Import { now_ms, .. } => *now_ms = now,
@@ -262,14 +308,47 @@ impl SessionCommand {
         }
     }
 
+    /// Puts the leader's cluster-wide session limit on every create in the command (each `Create`
+    /// becomes a [`SessionCommand::CreateWithin`]; a `CreateWithin` a follower sent gets this limit,
+    /// not its own). Done by the leader just before proposing, like [`SessionCommand::stamp`].
+    pub fn limit_creates(&mut self, limit: u64) {
+        match self {
+            SessionCommand::Create {
+                id,
+                data,
+                ttl_ms,
+                now_ms,
+            } => {
+                *self = SessionCommand::CreateWithin {
+                    id: *id,
+                    data: std::mem::take(data),
+                    ttl_ms: *ttl_ms,
+                    now_ms: *now_ms,
+                    max_active: limit,
+                };
+            }
+            SessionCommand::CreateWithin { max_active, .. } => *max_active = limit,
+            SessionCommand::Batch(commands) => {
+                for command in commands {
+                    command.limit_creates(limit);
+                }
+            }
+            SessionCommand::Put { .. }
+            | SessionCommand::Delete { .. }
+            | SessionCommand::Touch { .. }
+            | SessionCommand::Expire { .. }
+            | SessionCommand::Import { .. } => {}
+        }
+    }
+
     /// Roughly how many bytes the command takes in a log entry: its session data plus a fixed
     /// allowance per id. Used to bound batches and replication messages, not for accounting.
     pub fn approx_bytes(&self) -> usize {
         const PER_ID: usize = 40;
         match self {
-            SessionCommand::Create { data, .. } | SessionCommand::Put { data, .. } => {
-                PER_ID + data.len()
-            }
+            SessionCommand::Create { data, .. }
+            | SessionCommand::CreateWithin { data, .. }
+            | SessionCommand::Put { data, .. } => PER_ID + data.len(),
             SessionCommand::Delete { .. } => PER_ID,
             SessionCommand::Touch { touches } => PER_ID * touches.len().max(1),
             SessionCommand::Expire { ids, .. } => PER_ID * ids.len().max(1),
@@ -320,8 +399,19 @@ pub enum CommandResponse {
         /// Records skipped because a live session had the id.
         skipped: u64,
     },
-    /// A `Batch` applied: one response per command, in command order.
-    Batch(Vec<CommandResponse>),
+    /// A `Batch` applied: one response per command, in command order. Never nested.
+    Batch(#[serde(deserialize_with = "flat_batch")] Vec<CommandResponse>),
+    /// `CreateWithin` refused: the store holds `max_active` sessions already. Wire version 3.
+    TooManySessions {
+        /// The limit the entry carried.
+        max_active: u64,
+    },
+    /// The command could not be applied (it is malformed: a nested batch built in memory, say); the
+    /// state is unchanged, on every replica alike. Wire version 3.
+    Refused {
+        /// Why, for the log and the caller.
+        reason: String,
+    },
 }
 
 /// The state machine at a log index, as sent in `InstallSnapshot` and stored on disk.
@@ -338,7 +428,9 @@ pub struct SessionSnapshot {
 /// The peer RPC protocol version; peers with another version refuse the connection.
 ///
 /// 2: log entries may hold [`SessionCommand::Batch`], which a version-1 node cannot decode.
-pub const PEER_WIRE_VERSION: u32 = 2;
+/// 3: entries may hold [`SessionCommand::CreateWithin`], answers [`CommandResponse::TooManySessions`]
+/// and [`CommandResponse::Refused`]; a nested batch no longer decodes.
+pub const PEER_WIRE_VERSION: u32 = 3;
 
 /// The first frame each side of a peer connection sends.
 ///
@@ -456,6 +548,10 @@ pub enum PeerResponse {
     },
     /// Answer to `OpenHop`: from the next frame on, this connection is a hop channel.
     HopOpened,
+    /// A forwarded write was not proposed: it is not what a client could have written (data that
+    /// is not a JSON object, above the leader's `max-bytes`, a nested batch...). Retrying cannot
+    /// help. Wire version 3.
+    WriteRefused(String),
 }
 
 /// Largest frame body accepted or sent (64 MiB); snapshots are sent in smaller chunks.

@@ -64,6 +64,56 @@ fn fuzz_golden_samples_decode_cleanly() {
     }
 }
 
+/// `depth` batches, each holding the next, around one delete: what an attacker sends to make a
+/// recursive decoder (or apply) run out of stack.
+fn nested_batch(depth: usize) -> Vec<u8> {
+    // postcard: variant index as a varint, then the length of the vector; the innermost command
+    // is a `Delete` (variant 2) of a 16-byte id.
+    let batch_variant = 6u8;
+    let mut bytes = Vec::new();
+    for _ in 0..depth {
+        bytes.extend_from_slice(&[batch_variant, 1]);
+    }
+    bytes.push(2);
+    bytes.extend_from_slice(&[7; 16]);
+    bytes
+}
+
+#[test]
+fn fuzz_nested_batches_are_refused_when_decoded() {
+    // One level decodes: it is what the write queue proposes.
+    let flat: SessionCommand = proto::decode(&nested_batch(1)).expect("a flat batch decodes");
+    assert!(matches!(flat, SessionCommand::Batch(ref commands) if commands.len() == 1));
+    assert_eq!(
+        proto::encode(&flat),
+        nested_batch(1),
+        "the hand-made encoding above is postcard's"
+    );
+    // Two levels or a hundred thousand: refused, without recursing (a stack overflow would abort
+    // this test binary, not fail it).
+    for depth in [2, 3, 100, 5_000, 100_000] {
+        let bytes = nested_batch(depth);
+        // (postcard keeps no custom message: the error says only that serde refused.)
+        proto::decode::<SessionCommand>(&bytes).expect_err("nested batch");
+        // The same bytes inside a forwarded write and inside a log entry are refused too.
+        let mut request = vec![3u8]; // PeerRequest::ClientWrite
+        request.extend_from_slice(&bytes);
+        assert!(
+            proto::decode::<PeerRequest>(&request).is_err(),
+            "depth {depth}"
+        );
+    }
+    // Responses are flat too.
+    let mut response = Vec::new();
+    for _ in 0..50_000 {
+        response.extend_from_slice(&[10u8, 1]); // CommandResponse::Batch of one
+    }
+    response.push(3); // NotFound
+    assert!(proto::decode::<CommandResponse>(&response).is_err());
+    // A refused decode leaves nothing behind: the next flat batch on this thread still decodes.
+    proto::decode::<SessionCommand>(&nested_batch(1)).expect("flat batch after a refusal");
+}
+
 proptest! {
     // Integration tests have no lib.rs for proptest's default path: keep regressions beside this file.
     #![proptest_config(ProptestConfig {
@@ -101,6 +151,15 @@ proptest! {
             let len = cut.index(bytes.len() + 1);
             bytes.truncate(len);
         }
+        decode_everything(&bytes);
+    }
+
+    /// Nested batches of any depth, with junk after them, never decode and never overflow.
+    #[test]
+    fn fuzz_nested_batches_any_depth(depth in 2usize..20_000, tail in proptest::collection::vec(any::<u8>(), 0..32)) {
+        let mut bytes = nested_batch(depth);
+        bytes.extend_from_slice(&tail);
+        prop_assert!(proto::decode::<SessionCommand>(&bytes).is_err());
         decode_everything(&bytes);
     }
 

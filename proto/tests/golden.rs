@@ -197,6 +197,36 @@ fn command_batch() {
 }
 
 #[test]
+fn command_create_within_and_refusals() {
+    check(
+        "command_create_within",
+        &SessionCommand::CreateWithin {
+            id: id(9),
+            data: r#"{"a":1}"#.to_string(),
+            ttl_ms: 60_000,
+            now_ms: 1_764_000_003_000,
+            max_active: 1_000_000,
+        },
+    );
+    check(
+        "command_response_too_many_sessions",
+        &CommandResponse::TooManySessions {
+            max_active: 1_000_000,
+        },
+    );
+    check(
+        "command_response_refused",
+        &CommandResponse::Refused {
+            reason: "a batch inside a batch".to_string(),
+        },
+    );
+    check_debug(
+        "peer_response_write_refused",
+        &PeerResponse::WriteRefused("session data must be a JSON object".to_string()),
+    );
+}
+
+#[test]
 fn command_responses() {
     check(
         "command_responses",

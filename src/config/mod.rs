@@ -64,6 +64,16 @@ pub const DEFAULT_COOKIE: &str = "MTSESSIONID";
 pub const DEFAULT_SESSION_MAX_BYTES: usize = 1_048_576;
 /// Allowed largest session record in bytes.
 pub const SESSION_MAX_BYTES_RANGE: RangeInclusive<u64> = 1_024..=67_108_864;
+/// Default cluster-wide session limit (`<sessions max-active>`): far above a demo, reached by a flood
+/// in minutes, and about 1 GiB of memory per node at 1 KiB a session.
+pub const DEFAULT_MAX_ACTIVE_SESSIONS: u64 = 1_000_000;
+/// Allowed cluster-wide session limit.
+pub const MAX_ACTIVE_SESSIONS_RANGE: RangeInclusive<u64> = 1..=1_000_000_000;
+/// Default sessions an application may create per second for one client address, on each node
+/// (`<sessions create-rate-per-ip>`; the burst is the same number).
+pub const DEFAULT_CREATE_RATE_PER_IP: u64 = 100;
+/// Allowed per-address creation rate; 0 turns the limit off.
+pub const CREATE_RATE_PER_IP_RANGE: RangeInclusive<u64> = 0..=1_000_000;
 /// Default number of other nodes tried after a failed proxy attempt.
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Allowed number of balancer retries.
@@ -261,6 +271,12 @@ impl Default for RaftConfig {
     }
 }
 
+/// Whether `value` can be a node's name (1 to 64 of A-Z a-z 0-9 . _ -): a peer or gossip entry naming
+/// anything else is not a member of ours, and its name is never logged as it is.
+pub fn is_node_name(value: &str) -> bool {
+    validate::check_identifier(value).is_ok()
+}
+
 /// Session settings (`<sessions>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionsConfig {
@@ -270,6 +286,14 @@ pub struct SessionsConfig {
     pub cookie: String,
     /// Largest session record accepted.
     pub max_bytes: usize,
+    /// Most sessions the cluster holds; a create beyond it is refused (enforced by the state machine
+    /// with the leader's value).
+    pub max_active: u64,
+    /// Sessions an application may create per second for one client address on one node (0: no
+    /// limit).
+    pub create_rate_per_ip: u64,
+    /// Whether the session cookie carries `Secure` (send it over HTTPS only).
+    pub cookie_secure: bool,
 }
 
 impl Default for SessionsConfig {
@@ -278,6 +302,9 @@ impl Default for SessionsConfig {
             ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECONDS),
             cookie: DEFAULT_COOKIE.to_owned(),
             max_bytes: DEFAULT_SESSION_MAX_BYTES,
+            max_active: DEFAULT_MAX_ACTIVE_SESSIONS,
+            create_rate_per_ip: DEFAULT_CREATE_RATE_PER_IP,
+            cookie_secure: false,
         }
     }
 }
@@ -414,6 +441,9 @@ pub struct SecurityConfig {
     pub gossip_key_file: Option<PathBuf>,
     /// File holding the admin token, resolved against the file's directory.
     pub admin_token_file: Option<PathBuf>,
+    /// Start with an admin token but no cluster key (the peer port then takes writes from anyone,
+    /// so the token guards little): refused unless this is set.
+    pub allow_open_peers: bool,
 }
 
 /// What the nodes serve (`<app>`).

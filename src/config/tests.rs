@@ -10,9 +10,9 @@ const FULL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <cluster id="demo">
   <gossip interval-ms="200" phi-threshold="9.5" dead-after-ms="4000"/>
   <raft data-dir="state" voters="5" heartbeat-ms="50" election-timeout-ms="300" remove-after-ms="5000" snapshot-every="2000"/>
-  <sessions ttl-seconds="60" cookie="SID" max-bytes="2048"/>
+  <sessions ttl-seconds="60" cookie="SID" max-bytes="2048" max-active="5000" create-rate-per-ip="7" cookie-secure="true"/>
   <balancer strategy="round-robin" key="ip" retries="0" connect-timeout-ms="250" response-timeout-ms="5000" transport="http"/>
-  <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token"/>
+  <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token" allow-open-peers="true"/>
   <app docroot="www" upstream="http://127.0.0.1:9000"/>
   <nodes>
     <node name="node-1" http="127.0.0.1:8081" cluster="127.0.0.1:7001"/>
@@ -118,6 +118,9 @@ fn full_file_parses_every_value() {
             ttl: Duration::from_secs(60),
             cookie: "SID".to_owned(),
             max_bytes: 2048,
+            max_active: 5000,
+            create_rate_per_ip: 7,
+            cookie_secure: true,
         }
     );
     assert_eq!(
@@ -136,6 +139,7 @@ fn full_file_parses_every_value() {
         SecurityConfig {
             gossip_key_file: Some(PathBuf::from("/etc/mt/keys/gossip.key")),
             admin_token_file: Some(PathBuf::from("/etc/mt/token")),
+            allow_open_peers: true,
         }
     );
     assert_eq!(

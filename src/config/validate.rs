@@ -434,7 +434,17 @@ fn raft(element: &RawElement, ctx: &Ctx<'_>) -> Result<RaftConfig, ConfigError> 
 }
 
 fn sessions(element: &RawElement, ctx: &Ctx<'_>) -> Result<SessionsConfig, ConfigError> {
-    ctx.only_attrs(element, &["ttl-seconds", "cookie", "max-bytes"])?;
+    ctx.only_attrs(
+        element,
+        &[
+            "ttl-seconds",
+            "cookie",
+            "max-bytes",
+            "max-active",
+            "create-rate-per-ip",
+            "cookie-secure",
+        ],
+    )?;
     ctx.no_children(element)?;
     let ttl = ctx.whole(
         element,
@@ -463,11 +473,32 @@ fn sessions(element: &RawElement, ctx: &Ctx<'_>) -> Result<SessionsConfig, Confi
         DEFAULT_SESSION_MAX_BYTES as u64,
         SESSION_MAX_BYTES_RANGE,
     )?;
+    let max_active = ctx.whole(
+        element,
+        "max-active",
+        DEFAULT_MAX_ACTIVE_SESSIONS,
+        MAX_ACTIVE_SESSIONS_RANGE,
+    )?;
+    let create_rate_per_ip = ctx.whole(
+        element,
+        "create-rate-per-ip",
+        DEFAULT_CREATE_RATE_PER_IP,
+        CREATE_RATE_PER_IP_RANGE,
+    )?;
+    let cookie_secure = ctx.choice(
+        element,
+        "cookie-secure",
+        false,
+        &[("true", true), ("false", false)],
+    )?;
     Ok(SessionsConfig {
         ttl: Duration::from_secs(ttl),
         cookie,
         // The range check keeps this within 64 MiB, which fits every usize we build for.
         max_bytes: usize::try_from(max_bytes).unwrap_or(DEFAULT_SESSION_MAX_BYTES),
+        max_active,
+        create_rate_per_ip,
+        cookie_secure,
     })
 }
 
@@ -577,11 +608,20 @@ fn backup(element: &RawElement, ctx: &Ctx<'_>) -> Result<BackupConfig, ConfigErr
 }
 
 fn security(element: &RawElement, ctx: &Ctx<'_>) -> Result<SecurityConfig, ConfigError> {
-    ctx.only_attrs(element, &["gossip-key-file", "admin-token-file"])?;
+    ctx.only_attrs(
+        element,
+        &["gossip-key-file", "admin-token-file", "allow-open-peers"],
+    )?;
     ctx.no_children(element)?;
     Ok(SecurityConfig {
         gossip_key_file: ctx.path(element, "gossip-key-file")?,
         admin_token_file: ctx.path(element, "admin-token-file")?,
+        allow_open_peers: ctx.choice(
+            element,
+            "allow-open-peers",
+            false,
+            &[("true", true), ("false", false)],
+        )?,
     })
 }
 

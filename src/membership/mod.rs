@@ -32,6 +32,9 @@ pub use view::{MemberInfo, MemberState, MembershipView};
 
 /// How long dead incarnations and deleted keys stay in chitchat's state before they are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Gossip entries with impossible names are logged at most this often.
+static FOREIGN_NAME_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(Duration::from_secs(10));
 
 /// Why membership could not start.
 #[derive(Debug, thiserror::Error)]
@@ -410,6 +413,18 @@ impl Observer {
         let mut by_name: BTreeMap<String, Vec<&Observed>> = BTreeMap::new();
         for node in &observed {
             if *node.id.node_id == *self.me.name {
+                continue;
+            }
+            // Without a cluster key anyone can gossip; a name no node can have is no member, and
+            // is not logged as it is.
+            if !crate::config::is_node_name(&node.id.node_id) {
+                if let Some(held_back) = FOREIGN_NAME_LOG.allow() {
+                    warn!(
+                        name = %crate::security::escape_for_log(&node.id.node_id),
+                        held_back,
+                        "ignoring a gossip entry whose name is no node name"
+                    );
+                }
                 continue;
             }
             match self.histories.get_mut(&node.id) {

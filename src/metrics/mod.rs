@@ -365,6 +365,22 @@ fn sessions(out: &mut Out, context: &NodeContext) -> fmt::Result {
         "Sessions created through this node.",
         replica.created_total(),
     )?;
+    out.counters(
+        "sessions_refused_total",
+        "Session creates refused through this node: the cluster held <sessions max-active> \
+         (reason max_active, answered 503), or the client created sessions faster than \
+         create-rate-per-ip (reason rate, answered 429).",
+        vec![
+            (
+                labels([("reason", "max_active")]),
+                replica.refused_full_total(),
+            ),
+            (
+                labels([("reason", "rate")]),
+                context.live().create_rate.refused_total(),
+            ),
+        ],
+    )?;
     out.counter(
         "sessions_deleted_total",
         "Sessions deleted through this node.",

@@ -184,6 +184,7 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
         let mut local = proposal;
         // The leader stamps each write with its own clock just before proposing it.
         local.stamp(now_ms());
+        local.limit_creates(replica.limits().max_active());
         return match replica.raft().client_write(local).await {
             Ok(written) => split(count, written.log_id, written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -219,6 +220,11 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
         }
         // Leadership moved on: nothing was applied.
         Ok(PeerResponse::ForwardToLeader { .. }) => None,
+        Ok(PeerResponse::WriteRefused(reason)) => {
+            return every(count, || {
+                Attempt::Failed(ConsensusError::Refused(reason.clone()))
+            });
+        }
         Ok(PeerResponse::Error(text)) => {
             debug!(error = %text, "forwarded write failed at the leader; retrying");
             Some(text)

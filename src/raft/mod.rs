@@ -9,6 +9,7 @@
 //! openraft drives both through [`LogStore`] (`RaftLogStorage`) and [`SessionStateMachine`]
 //! (`RaftStateMachine`); everything else reads sessions through a [`SessionReader`].
 
+pub mod admission;
 pub mod batch;
 pub mod durable;
 pub mod log_store;

@@ -44,7 +44,7 @@ use tracing::{debug, warn};
 use super::durable::Durability;
 use crate::security::{
     FrameCipher, LogThrottle, PEER_NONCE_BYTES, PeerKey, PeerRole, PeerTranscript, TAG_BYTES,
-    random_bytes,
+    escape_for_log, random_bytes,
 };
 
 /// Largest `Hello` (or handshake step) accepted: a stranger gets no more than this per frame before
@@ -55,6 +55,13 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Peers refused for not holding the cluster key are logged at most this often (with the number held
 /// back): a misconfigured node retries several times a second.
 static REFUSED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+/// Connections dropped for another reason (a bad hello, an undecodable frame) are logged at most this often.
+static DROPPED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+/// Failed accepts (out of file descriptors, say) are logged at most this often.
+static ACCEPT_FAILED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+/// Most peer connections served at once: members hold a few each (pooled RPC connections and one hop
+/// channel), so this is room for hundreds of members.
+pub const MAX_PEER_CONNECTIONS: usize = 4096;
 /// Shortest deadline given to a Raft RPC.
 const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(500);
 /// Idle connections kept per peer.
@@ -424,6 +431,16 @@ async fn authenticate_as_server(
 }
 
 fn check_hello(hello: &Hello, cluster_id: &str, addr: SocketAddr) -> Result<(), PeerError> {
+    // Checked first: the name goes into every later message about this peer.
+    if !crate::config::is_node_name(&hello.from_name) {
+        return Err(PeerError::Handshake {
+            addr,
+            reason: format!(
+                "the peer's hello names \"{}\", which is no node name",
+                escape_for_log(&hello.from_name)
+            ),
+        });
+    }
     if hello.wire_version != PEER_WIRE_VERSION {
         return Err(PeerError::Handshake {
             addr,
@@ -437,8 +454,9 @@ fn check_hello(hello: &Hello, cluster_id: &str, addr: SocketAddr) -> Result<(), 
         return Err(PeerError::Handshake {
             addr,
             reason: format!(
-                "{} belongs to cluster {:?}, this node to {cluster_id:?}",
-                hello.from_name, hello.cluster_id
+                "{} belongs to cluster \"{}\", this node to {cluster_id:?}",
+                hello.from_name,
+                escape_for_log(&hello.cluster_id)
             ),
         });
     }
@@ -633,6 +651,7 @@ pub async fn serve<H: PeerHandler>(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -641,28 +660,47 @@ pub async fn serve<H: PeerHandler>(
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
-                warn!(error = %err, "peer accept failed");
+                if let Some(held_back) = ACCEPT_FAILED_LOG.allow() {
+                    warn!(error = %err, held_back, "peer accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // Past the cap a connection is closed at once: held connections (a stranger's, without a
+        // cluster key) can then cost this node no more than this many descriptors.
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            if let Some(held_back) = DROPPED_LOG.allow() {
+                warn!(peer = %addr, held_back, "refused peer connection: {MAX_PEER_CONNECTIONS} peer connections are open");
+            }
+            drop(stream);
+            continue;
         };
         let handler = handler.clone();
         let hello = hello.clone();
         let key = key.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let _slot = slot;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 result = serve_connection(stream, addr, handler, hello, key) => {
                     if let Err(err) = result {
+                        // Anyone who reaches the port can cause these, as often as they like: one
+                        // line per 10 s (with the count held back), the peer's text escaped.
+                        let error = escape_for_log(&err.to_string());
                         match err {
-                            PeerError::Io { .. } => debug!(peer = %addr, error = %err, "peer connection closed"),
+                            PeerError::Io { .. } => debug!(peer = %addr, %error, "peer connection closed"),
                             PeerError::Unauthenticated { .. } => {
                                 if let Some(held_back) = REFUSED_LOG.allow() {
-                                    warn!(peer = %addr, error = %err, held_back, "refused peer connection");
+                                    warn!(peer = %addr, %error, held_back, "refused peer connection");
                                 }
                             }
-                            _ => warn!(peer = %addr, error = %err, "dropped peer connection"),
+                            _ => {
+                                if let Some(held_back) = DROPPED_LOG.allow() {
+                                    warn!(peer = %addr, %error, held_back, "dropped peer connection");
+                                }
+                            }
                         }
                     }
                 }

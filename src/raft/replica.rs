@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::admission::WriteLimits;
 use super::batch::{Attempt, WriteQueue};
 use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerHandler};
 use super::state_machine::SessionReader;
@@ -31,6 +32,9 @@ use crate::membership::{MemberInfo, MemberState, Membership, MembershipView};
 
 /// File in the data dir holding this node's Raft id.
 const NODE_ID_FILE: &str = "node-id";
+/// Forwarded writes refused as malformed are logged at most this often.
+static REFUSED_WRITE_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(Duration::from_secs(10));
 /// How long a write or a read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
@@ -77,6 +81,9 @@ pub enum ConsensusError {
     /// The node is shutting down or Raft stopped.
     #[error("raft stopped: {0}")]
     Stopped(String),
+    /// The leader refused the write as malformed (nothing was proposed; retrying cannot help).
+    #[error("the leader refused the write: {0}")]
+    Refused(String),
 }
 
 /// This node's Raft member.
@@ -97,6 +104,10 @@ pub struct Replica {
     deleted_total: AtomicU64,
     /// Serves the hop channels other members open to the peer port.
     hop: Arc<crate::proxy::hop::HopServer>,
+    /// What a write must look like, and the session limit this node stamps on creates as leader.
+    limits: WriteLimits,
+    /// Creates refused because the cluster held `max-active` sessions (counted where the write entered).
+    refused_full_total: AtomicU64,
 }
 
 /// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
@@ -301,6 +312,11 @@ impl Replica {
             created_total: AtomicU64::new(0),
             deleted_total: AtomicU64::new(0),
             hop: crate::proxy::hop::HopServer::new(),
+            limits: WriteLimits::new(
+                config.cluster.sessions.max_bytes,
+                config.cluster.sessions.max_active,
+            ),
+            refused_full_total: AtomicU64::new(0),
         });
         info!(node = %config.me.name, raft_id = id, pristine, "raft store opened in {}", data_dir.display());
 
@@ -309,6 +325,15 @@ impl Replica {
             cluster_id: config.cluster.cluster_id.clone(),
             from_name: config.me.name.clone(),
         };
+        if peer_key.is_none() {
+            warn!(
+                node = %config.me.name,
+                "no cluster key: the peer port {} takes Raft traffic and session writes from anyone \
+                 who can reach it; set MICRO_TOMCAT_GOSSIP_KEY or <security gossip-key-file> \
+                 (make one with `openssl rand -base64 32`) unless the network is trusted",
+                config.me.cluster
+            );
+        }
         tasks.spawn(super::network::serve(
             peer_listener,
             replica.clone(),
@@ -390,10 +415,23 @@ impl Replica {
         self.deleted_total.load(Ordering::Relaxed)
     }
 
+    /// Session creates refused through this node because the cluster was full (`max-active`).
+    pub fn refused_full_total(&self) -> u64 {
+        self.refused_full_total.load(Ordering::Relaxed)
+    }
+
+    /// The write limits; the reloader changes `max-active` through them.
+    pub fn limits(&self) -> &WriteLimits {
+        &self.limits
+    }
+
     fn count_write(&self, response: &CommandResponse) {
         match response {
             CommandResponse::Created(_) => {
                 self.created_total.fetch_add(1, Ordering::Relaxed);
+            }
+            CommandResponse::TooManySessions { .. } => {
+                self.refused_full_total.fetch_add(1, Ordering::Relaxed);
             }
             CommandResponse::Deleted => {
                 self.deleted_total.fetch_add(1, Ordering::Relaxed);
@@ -667,7 +705,20 @@ impl PeerHandler for Replica {
                 Err(err) => PeerResponse::Error(err.to_string()),
             },
             PeerRequest::ClientWrite(mut command) => {
+                if let Err(problem) = self.limits.check_forwarded(&command) {
+                    // Answered as an error (the caller gives up, nothing was proposed) and logged
+                    // through the throttle: anyone who reaches the peer port can send these.
+                    if let Some(held_back) = REFUSED_WRITE_LOG.allow() {
+                        warn!(
+                            held_back,
+                            "refused a forwarded write: {}",
+                            crate::security::escape_for_log(&problem)
+                        );
+                    }
+                    return PeerResponse::WriteRefused(problem);
+                }
                 command.stamp(now_ms());
+                command.limit_creates(self.limits.max_active());
                 self.answer_write(command).await
             }
             PeerRequest::ReadIndex => match self.raft.get_read_log_id().await {

@@ -138,25 +138,21 @@ impl SessionState {
                 data,
                 ttl_ms,
                 now_ms,
+            } => self.create(id, data, ttl_ms, now_ms),
+            SessionCommand::CreateWithin {
+                id,
+                data,
+                ttl_ms,
+                now_ms,
+                max_active,
             } => {
-                // An expired session that the leader has not removed yet does not block its id.
-                if self
-                    .sessions
-                    .get(&id)
-                    .is_some_and(|r| !r.is_expired_at(now_ms))
-                {
-                    return CommandResponse::AlreadyExists;
+                // Sessions not yet removed by expiry count too: the count is the same on every
+                // replica at this index, which a count of live sessions at `now_ms` also is, but
+                // this one costs nothing.
+                if self.sessions.len() as u64 >= max_active {
+                    return CommandResponse::TooManySessions { max_active };
                 }
-                let record = SessionRecord {
-                    id,
-                    data,
-                    version: 1,
-                    created_ms: now_ms,
-                    last_access_ms: now_ms,
-                    ttl_ms,
-                };
-                self.upsert(record.clone());
-                CommandResponse::Created(record)
+                self.create(id, data, ttl_ms, now_ms)
             }
             SessionCommand::Put {
                 id,
@@ -247,10 +243,50 @@ impl SessionState {
             SessionCommand::Batch(commands) => CommandResponse::Batch(
                 commands
                     .into_iter()
-                    .map(|command| self.apply_command(command))
+                    .map(|command| match command {
+                        // Not decodable (see `proto::raft`), so only code could build one; it is
+                        // refused rather than applied recursively.
+                        SessionCommand::Batch(_) => CommandResponse::Refused {
+                            reason: "a batch inside a batch".to_owned(),
+                        },
+                        command => self.apply_command(command),
+                    })
                     .collect(),
             ),
         }
+    }
+
+    fn create(&mut self, id: SessionId, data: String, ttl_ms: u64, now_ms: u64) -> CommandResponse {
+        // An expired session that the leader has not removed yet does not block its id.
+        if self
+            .sessions
+            .get(&id)
+            .is_some_and(|r| !r.is_expired_at(now_ms))
+        {
+            return CommandResponse::AlreadyExists;
+        }
+        let record = SessionRecord {
+            id,
+            data,
+            version: 1,
+            created_ms: now_ms,
+            last_access_ms: now_ms,
+            ttl_ms,
+        };
+        self.upsert(record.clone());
+        CommandResponse::Created(record)
+    }
+}
+
+/// Why an applied entry (or a command in its batch) was refused, if it was.
+fn refusal(response: &CommandResponse) -> Option<&str> {
+    match response {
+        CommandResponse::Refused { reason } => Some(reason),
+        CommandResponse::Batch(responses) => responses.iter().find_map(|response| match response {
+            CommandResponse::Refused { reason } => Some(reason.as_str()),
+            _ => None,
+        }),
+        _ => None,
     }
 }
 
@@ -741,6 +777,14 @@ impl RaftStateMachine<TypeConfig> for SessionStateMachine {
                         CommandResponse::Internal
                     }
                 };
+                if let Some(reason) = refusal(&response) {
+                    // Every replica refuses the same entry alike and moves on: logged once per node
+                    // per entry, never a loop (the entry is applied, not retried, at a restart).
+                    tracing::warn!(
+                        index = entry.log_id.index,
+                        "log entry not applied: {reason}"
+                    );
+                }
                 let mut ids = Vec::new();
                 expired_ids(&response, &mut ids);
                 if !ids.is_empty() {

@@ -74,6 +74,7 @@ fn secrets_come_from_env_then_files_else_none() {
     let files = SecurityConfig {
         gossip_key_file: Some(key_file.clone()),
         admin_token_file: Some(token_file.clone()),
+        allow_open_peers: false,
     };
     let from_files = load_secrets(&files, env(&[])).expect("files");
     assert_eq!(
@@ -111,11 +112,48 @@ fn secrets_come_from_env_then_files_else_none() {
 }
 
 #[test]
+fn an_admin_token_without_a_cluster_key_is_refused_unless_allowed() {
+    let token = [(ADMIN_TOKEN_ENV, TOKEN)];
+    let err = load_secrets(&SecurityConfig::default(), env(&token)).expect_err("open peers");
+    let text = err.to_string();
+    assert!(!text.contains('\n') && !text.contains(TOKEN), "{text}");
+    for needle in [
+        ADMIN_TOKEN_ENV,
+        "no cluster key",
+        "gossip-key-file",
+        "allow-open-peers",
+    ] {
+        assert!(text.contains(needle), "{text} does not name {needle}");
+    }
+    let allowed = SecurityConfig {
+        allow_open_peers: true,
+        ..SecurityConfig::default()
+    };
+    let secrets = load_secrets(&allowed, env(&token)).expect("allowed explicitly");
+    assert!(secrets.admin_token.is_some() && secrets.gossip_key.is_none());
+    let both = [(ADMIN_TOKEN_ENV, TOKEN), (GOSSIP_KEY_ENV, KEY_B64)];
+    load_secrets(&SecurityConfig::default(), env(&both)).expect("token and key");
+}
+
+#[test]
+fn outside_text_is_escaped_before_it_is_logged() {
+    let forged = "node-9\n2026-12-03T13:00:00Z  INFO forged line\u{1b}[31m\u{202e}";
+    let escaped = crate::security::escape_for_log(forged);
+    assert!(
+        !escaped.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{escaped:?}"
+    );
+    assert!(escaped.starts_with("node-9\\n2026"), "{escaped}");
+    let long = crate::security::escape_for_log(&"x".repeat(10_000));
+    assert!(long.len() < 300 && long.ends_with("(cut)"), "{long}");
+}
+
+#[test]
 fn bad_secrets_are_one_line_errors_naming_where() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = SecurityConfig {
         gossip_key_file: Some(dir.path().join("nope.key")),
-        admin_token_file: None,
+        ..SecurityConfig::default()
     };
     let err = load_secrets(&missing, env(&[])).expect_err("missing file");
     let text = err.to_string();
@@ -147,7 +185,7 @@ fn bad_secrets_are_one_line_errors_naming_where() {
     let err = load_secrets(
         &SecurityConfig {
             gossip_key_file: Some(big),
-            admin_token_file: None,
+            ..SecurityConfig::default()
         },
         env(&[]),
     )
@@ -158,8 +196,8 @@ fn bad_secrets_are_one_line_errors_naming_where() {
     std::fs::write(&empty, "\n").expect("write");
     let err = load_secrets(
         &SecurityConfig {
-            gossip_key_file: None,
             admin_token_file: Some(PathBuf::from(&empty)),
+            ..SecurityConfig::default()
         },
         env(&[]),
     )

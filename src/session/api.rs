@@ -62,7 +62,13 @@ impl ApiError {
 
 impl From<ConsensusError> for ApiError {
     fn from(err: ConsensusError) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        let status = match err {
+            // The leader's limits differ from this node's (a config mismatch): the write is wrong
+            // as it is, not the cluster unavailable.
+            ConsensusError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, err.to_string())
     }
 }
 
@@ -179,6 +185,15 @@ async fn create(
                     .into_response());
             }
             CommandResponse::AlreadyExists => continue,
+            CommandResponse::TooManySessions { max_active } => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the cluster holds {max_active} sessions, its limit \
+                         (<sessions max-active>); try again once some expire"
+                    ),
+                ));
+            }
             other => {
                 return Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

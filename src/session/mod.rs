@@ -2,6 +2,7 @@
 //! `tower_sessions::SessionStore` so any axum app can use the `Session` extractor.
 
 pub mod api;
+pub mod quota;
 pub mod store;
 
 pub use store::ClusterStore;

@@ -1,6 +1,7 @@
 //! `tower_sessions::SessionStore` backed by the Raft-replicated session store.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{Error, Result};
 use tower_sessions::{SessionStore, cookie::time::OffsetDateTime};
 
+use super::quota::CreateRate;
 use crate::events::now_ms;
 use crate::raft::replica::Replica;
 
@@ -21,6 +23,8 @@ pub struct ClusterStore {
     /// `<sessions ttl-seconds>` in ms, shared with the config reloader: a reload applies to the next
     /// write, whatever expiry the cookie layer computed when it was built.
     ttl_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// `<sessions create-rate-per-ip>`, shared with the reloader and the metrics.
+    rate: Arc<CreateRate>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -56,13 +60,40 @@ fn backend(err: impl std::fmt::Display) -> Error {
 enum SaveFailure {
     /// Another request changed the session since this one loaded it; nothing was written.
     Conflict(String),
-    /// The store could not take the write (no leader, say).
+    /// The store could not take the write (no leader, say, or the cluster holds `max-active`).
     Unavailable(String),
+    /// This client created sessions faster than `create-rate-per-ip`; retry after this long.
+    RateLimited(Duration),
 }
 
 tokio::task_local! {
     /// Set around each request by [`explain_save_failures`].
     static SAVE_FAILURE: std::cell::RefCell<Option<SaveFailure>>;
+    /// The client the request is for, set by [`explain_save_failures`]: the session layer calls the
+    /// store without the request, and the creation rate is counted per client.
+    static CLIENT: Option<IpAddr>;
+}
+
+/// The client a request is for: the connection's peer, or, for a request a member proxied here (it
+/// carries the hop header, which routing lets through only from members), the address that member
+/// appended to `X-Forwarded-For`.
+pub fn client_addr(request: &axum::extract::Request) -> Option<IpAddr> {
+    let headers = request.headers();
+    if headers.contains_key(crate::proxy::HOP_HEADER)
+        && let Some(forwarded) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<IpAddr>().ok())
+    {
+        return Some(forwarded);
+    }
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// Records why a save failed, for [`explain_save_failures`] (nothing happens outside its scope).
@@ -80,11 +111,15 @@ pub async fn explain_save_failures(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let (response, failure) = SAVE_FAILURE
-        .scope(std::cell::RefCell::new(None), async {
-            let response = next.run(request).await;
-            (response, SAVE_FAILURE.with(|slot| slot.borrow_mut().take()))
-        })
+    let client = client_addr(&request);
+    let (response, failure) = CLIENT
+        .scope(
+            client,
+            SAVE_FAILURE.scope(std::cell::RefCell::new(None), async {
+                let response = next.run(request).await;
+                (response, SAVE_FAILURE.with(|slot| slot.borrow_mut().take()))
+            }),
+        )
         .await;
     if response.status() != axum::http::StatusCode::INTERNAL_SERVER_ERROR {
         return response;
@@ -93,6 +128,19 @@ pub async fn explain_save_failures(
         Some(SaveFailure::Conflict(reason)) => (axum::http::StatusCode::CONFLICT, reason),
         Some(SaveFailure::Unavailable(reason)) => {
             (axum::http::StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
+        Some(SaveFailure::RateLimited(wait)) => {
+            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, seconds.max(1).to_string())],
+                axum::Json(serde_json::json!({
+                    "error": "session not created: this client creates sessions faster than \
+                              <sessions create-rate-per-ip> allows; retry later"
+                })),
+            )
+                .into_response();
         }
         None => return response,
     };
@@ -110,11 +158,13 @@ impl ClusterStore {
         replica: Arc<Replica>,
         max_bytes: usize,
         ttl_ms: Arc<std::sync::atomic::AtomicU64>,
+        rate: Arc<CreateRate>,
     ) -> ClusterStore {
         ClusterStore {
             replica,
             max_bytes,
             ttl_ms,
+            rate,
         }
     }
 
@@ -151,6 +201,9 @@ impl ClusterStore {
                 };
                 match self.replica.write(create).await.map_err(backend)?.1 {
                     CommandResponse::Created(_) | CommandResponse::AlreadyExists => Ok(()),
+                    CommandResponse::TooManySessions { max_active } => {
+                        Err(cluster_full(max_active))
+                    }
                     other => Err(backend(format!("unexpected answer to create: {other:?}"))),
                 }
             }
@@ -166,6 +219,17 @@ impl ClusterStore {
             other => Err(backend(format!("unexpected answer to save: {other:?}"))),
         }
     }
+}
+
+/// A create the state machine refused because the cluster holds `max_active` sessions: answered
+/// 503 with the reason (like Tomcat's `maxActiveSessions`).
+fn cluster_full(max_active: u64) -> Error {
+    let reason = format!(
+        "the cluster holds {max_active} sessions, its limit (<sessions max-active>); \
+         try again once some expire"
+    );
+    note_save_failure(SaveFailure::Unavailable(reason.clone()));
+    backend(reason)
 }
 
 /// The record's data as stored (JSON, without [`LOADED_VERSION_KEY`]) and the version it was loaded
@@ -195,6 +259,14 @@ fn encode(record: &Record, max_bytes: usize) -> Result<(String, Option<u64>)> {
 impl SessionStore for ClusterStore {
     async fn create(&self, record: &mut Record) -> Result<()> {
         let (data, _) = self.encode(record)?;
+        if let Some(client) = CLIENT.try_with(|client| *client).ok().flatten()
+            && let Err(wait) = self.rate.try_take(client)
+        {
+            note_save_failure(SaveFailure::RateLimited(wait));
+            return Err(backend(format!(
+                "{client} creates sessions faster than <sessions create-rate-per-ip>"
+            )));
+        }
         loop {
             let id = SessionId::generate();
             let command = SessionCommand::Create {
@@ -209,6 +281,9 @@ impl SessionStore for ClusterStore {
                     return Ok(());
                 }
                 CommandResponse::AlreadyExists => continue,
+                CommandResponse::TooManySessions { max_active } => {
+                    return Err(cluster_full(max_active));
+                }
                 other => return Err(backend(format!("unexpected answer to create: {other:?}"))),
             }
         }

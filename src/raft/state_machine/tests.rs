@@ -297,6 +297,56 @@ async fn digest_ignores_order_but_not_content() {
     assert_ne!(a.sm.reader().digest(), b.sm.reader().digest());
 }
 
+#[tokio::test]
+async fn creates_beyond_max_active_are_refused_and_nested_batches_are_not_applied() {
+    let mut h = Harness::new();
+    let within = |id: u8, max_active: u64| SessionCommand::CreateWithin {
+        id: sid(id),
+        data: "{}".into(),
+        ttl_ms: 60_000,
+        now_ms: T0,
+        max_active,
+    };
+    assert!(matches!(
+        h.run(within(1, 2)).await,
+        CommandResponse::Created(_)
+    ));
+    assert!(matches!(
+        h.run(within(2, 2)).await,
+        CommandResponse::Created(_)
+    ));
+    assert_eq!(
+        h.run(within(3, 2)).await,
+        CommandResponse::TooManySessions { max_active: 2 }
+    );
+    // A higher limit (a reload on the leader) lets the next one in; a delete makes room.
+    assert!(matches!(
+        h.run(within(3, 3)).await,
+        CommandResponse::Created(_)
+    ));
+    assert_eq!(
+        h.run(SessionCommand::Delete { id: sid(1) }).await,
+        CommandResponse::Deleted
+    );
+    assert!(matches!(
+        h.run(within(4, 3)).await,
+        CommandResponse::Created(_)
+    ));
+    assert_eq!(h.sm.reader().len(), 3);
+
+    let nested = SessionCommand::Batch(vec![
+        SessionCommand::Delete { id: sid(2) },
+        SessionCommand::Batch(vec![SessionCommand::Delete { id: sid(3) }]),
+    ]);
+    let CommandResponse::Batch(responses) = h.run(nested).await else {
+        panic!("a batch answers a batch");
+    };
+    assert_eq!(responses[0], CommandResponse::Deleted);
+    assert!(matches!(responses[1], CommandResponse::Refused { .. }));
+    // The inner batch did nothing: session 3 is still there.
+    assert!(h.sm.reader().get(&sid(3)).is_some());
+}
+
 /// Pseudo-random commands (fixed seed) over a few ids: replicas agree, nothing panics and the
 /// expiry index always matches the sessions.
 #[tokio::test]
@@ -313,8 +363,23 @@ async fn random_commands_keep_replicas_and_index_consistent() {
     for step in 0..2_000u64 {
         let id = (next() % 8) as u8;
         let now = T0 + step * 10;
-        let command = match next() % 6 {
+        let command = match next() % 9 {
             0 => create(id, next() % 500, now),
+            // Adversarial: batches built in memory with batches inside (not decodable, so only
+            // code could make one), and creates under a cluster limit.
+            6 => SessionCommand::Batch(vec![
+                create(id, 100, now),
+                SessionCommand::Batch(vec![SessionCommand::Batch(vec![create(id ^ 2, 100, now)])]),
+                SessionCommand::Delete { id: sid(id ^ 3) },
+            ]),
+            7 => SessionCommand::CreateWithin {
+                id: sid(id),
+                data: "{}".into(),
+                ttl_ms: next() % 500,
+                now_ms: now,
+                max_active: next() % 6,
+            },
+            8 => SessionCommand::Batch(vec![]),
             1 => put(id, "{}", (next() % 3 == 0).then(|| next() % 4), now),
             2 => SessionCommand::Delete { id: sid(id) },
             3 => SessionCommand::Touch {
