@@ -134,6 +134,7 @@ fn runtime(future: impl Future<Output = ExitCode>) -> ExitCode {
 /// Installs the log subscriber: `RUST_LOG`, else `<logging level>`, else the default filter. Returns
 /// the control a config reload uses to change the filter.
 fn init_logging(configured: Option<&str>) -> LogControl {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -148,7 +149,8 @@ fn init_logging(configured: Option<&str>) -> LogControl {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(micro_tomcat::security::throttle_foreign_warnings()),
         )
         .init();
     std::sync::Arc::new(move |level: &str| {

@@ -678,6 +678,23 @@ impl LogThrottle {
     }
 }
 
+/// A per-layer log filter for warnings that outside input triggers inside crates we do not own:
+/// chitchat warns once per gossip datagram it cannot decode (anyone can send those without a cluster
+/// key). Such events pass at most once per 10 s; everything else passes as the level filter says.
+pub fn throttle_foreign_warnings<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    static CHITCHAT_UDP: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+    tracing_subscriber::filter::dynamic_filter_fn(|meta: &tracing::Metadata<'_>, _| {
+        if meta.is_event()
+            && *meta.level() <= tracing::Level::WARN
+            && meta.target().starts_with("chitchat::transport")
+        {
+            CHITCHAT_UDP.allow().is_some()
+        } else {
+            true
+        }
+    })
+}
+
 /// Longest piece of outside text a log line quotes; the rest is cut (and says so).
 const MAX_LOGGED_CHARS: usize = 200;
 

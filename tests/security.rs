@@ -145,7 +145,7 @@ async fn admin_calls_need_the_token_reads_do_not() {
         2,
         r#"<raft data-dir="data" voters="3"/>
   <sessions max-bytes="2048"/>
-  <security admin-token-file="admin.token"/>"#,
+  <security admin-token-file="admin.token" allow-open-peers="true"/>"#,
     );
     std::fs::write(cluster.path().join("admin.token"), format!("{TOKEN}\n")).expect("token");
     cluster.start_all();
@@ -421,6 +421,22 @@ fn bad_secrets_stop_the_node_with_one_line() {
     assert_eq!(code, Some(1), "{stderr}");
     one_line(&stderr);
     assert!(stderr.contains("missing.key"), "{stderr}");
+
+    // An admin token without a cluster key guards little (the peer port takes writes from anyone):
+    // refused at start with one line naming both and the two ways out.
+    let token = "0123456789abcdef-token";
+    let (code, stderr) = run(&[("MICRO_TOMCAT_ADMIN_TOKEN", token)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    one_line(&stderr);
+    for needle in [
+        "MICRO_TOMCAT_ADMIN_TOKEN",
+        "no cluster key",
+        "MICRO_TOMCAT_GOSSIP_KEY",
+        "allow-open-peers",
+    ] {
+        assert!(stderr.contains(needle), "{stderr} does not name {needle}");
+    }
+    assert!(!stderr.contains(token), "quotes the token: {stderr}");
 
     std::fs::write(dir.path().join("bad.key"), "not base64!\n").expect("key");
     write_config(r#"<security gossip-key-file="bad.key"/>"#);
