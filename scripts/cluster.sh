@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs N local micro-tomcat nodes: node-1..3 from cluster-config.xml, node-4.. joining by seed.
-# Logs, data and pid files live under one folder ($MT_HOME, default ./.cluster).
+# Logs, data, pid files and the cluster key live under one folder ($MT_HOME, default ./.cluster).
+# The nodes share a cluster key made on the first `up` ($MT_HOME/secrets/cluster.key, given to each
+# node as MICRO_TOMCAT_GOSSIP_KEY): gossip is sealed and the peer port takes nobody else's writes.
+# A MICRO_TOMCAT_GOSSIP_KEY already set in the environment wins over the file.
 #
 #   scripts/cluster.sh up 3       build if needed, start, wait until all are up, print the status table
 #   scripts/cluster.sh status     print the status table (asks the first node that answers)
@@ -29,6 +32,21 @@ file_nodes() {
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# The cluster key: MICRO_TOMCAT_GOSSIP_KEY if set, else $home/secrets/cluster.key, made once
+# (32 random bytes, base64, readable by this user only) and kept, as the data dirs are.
+cluster_key() {
+  [ -n "${MICRO_TOMCAT_GOSSIP_KEY:-}" ] && return 0
+  local file=$home/secrets/cluster.key
+  if [ ! -s "$file" ]; then
+    mkdir -p "$home/secrets"
+    chmod 700 "$home/secrets"
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$file.tmp" && mv "$file.tmp" "$file")
+    echo "made a cluster key for this cluster: $file"
+  fi
+  MICRO_TOMCAT_GOSSIP_KEY=$(cat "$file")
+  export MICRO_TOMCAT_GOSSIP_KEY
+}
+
 status_url() {
   local pidfile name
   for pidfile in "$home"/pids/*.pid; do
@@ -51,6 +69,7 @@ up() {
     alive "$pidfile" && die "a cluster is already running under $home (scripts/cluster.sh down first)"
     rm -f "$pidfile"
   done
+  cluster_key
   mapfile -t founders < <(file_nodes)
   [ "${#founders[@]}" -ge 1 ] || die "no <node> in $config"
   local first_cluster
