@@ -32,6 +32,11 @@ pub use view::{MemberInfo, MemberState, MembershipView};
 
 /// How long dead incarnations and deleted keys stay in chitchat's state before they are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Problems with members' gossip values are logged at most this often.
+static GOSSIP_VALUE_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(Duration::from_secs(10));
+/// Distinct gossip problems remembered (so each is logged once) before the memory starts over.
+const MAX_REMEMBERED_WARNINGS: usize = 10_000;
 /// Gossip entries with impossible names are logged at most this often.
 static FOREIGN_NAME_LOG: crate::security::LogThrottle =
     crate::security::LogThrottle::new(Duration::from_secs(10));
@@ -677,9 +682,18 @@ impl Observer {
         }
     }
 
+    /// Logs a problem with a member's gossip once per member and problem, and, since without a
+    /// cluster key anyone can gossip any number of members and values, through a throttle too, with
+    /// the value escaped and the memory of what was logged bounded.
     fn warn_once(&mut self, name: &str, message: String) {
-        if self.warned.insert(format!("{name}\u{0}{message}")) {
-            warn!(node = %name, "{message}");
+        if self.warned.len() >= MAX_REMEMBERED_WARNINGS {
+            self.warned.clear();
+        }
+        if self.warned.insert(format!("{name}\u{0}{message}"))
+            && let Some(held_back) = GOSSIP_VALUE_LOG.allow()
+        {
+            let message = crate::security::escape_for_log(&message);
+            warn!(node = %name, held_back, "{message}");
         }
     }
 }

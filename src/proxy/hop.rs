@@ -47,6 +47,10 @@ use crate::security::{FrameCipher, TAG_BYTES};
 
 /// Largest hop frame body: a request held for retry (64 KiB) or a body chunk, plus headers.
 const MAX_HOP_FRAME_BYTES: usize = 1024 * 1024;
+/// Malformed hop requests (anyone can open a hop channel without a cluster key) are logged at most
+/// this often.
+static MALFORMED_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(std::time::Duration::from_secs(10));
 /// Read buffer of a hop connection: one read takes in many frames.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A writer stops gathering frames at this many bytes and writes them.
@@ -855,7 +859,10 @@ async fn serve_request(
     let request = match to_http_request(request, peer) {
         Ok(request) => request,
         Err(reason) => {
-            warn!(peer = %peer, %reason, "malformed request on a hop channel");
+            if let Some(held_back) = MALFORMED_LOG.allow() {
+                let reason = crate::security::escape_for_log(&reason.to_string());
+                warn!(peer = %peer, %reason, held_back, "malformed request on a hop channel");
+            }
             let _ = outgoing.send(HopDown::Head {
                 stream,
                 status: StatusCode::BAD_REQUEST.as_u16(),
