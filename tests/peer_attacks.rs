@@ -419,3 +419,35 @@ async fn session_quotas_hold_cluster_wide() {
         .await
         .expect("a create after the cap was raised");
 }
+
+/// The `Set-Cookie` of a fresh `/app/counter` on a one-node cluster with these `<sessions>` attributes.
+async fn session_cookie_with(attrs: &str) -> String {
+    let mut cluster = Cluster::with_elements(
+        1,
+        &format!("<raft data-dir=\"data\" voters=\"1\"/>\n  <sessions {attrs}/>"),
+    );
+    cluster.start_all();
+    cluster.wait_ready(Duration::from_secs(30)).await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/app/counter", cluster.nodes["node-1"].url()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("counter");
+    assert_eq!(response.status(), 200);
+    response
+        .headers()
+        .get("set-cookie")
+        .and_then(|value| value.to_str().ok())
+        .expect("a session cookie")
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_when_configured() {
+    let secure = session_cookie_with(r#"cookie-secure="true""#).await;
+    assert!(secure.contains("; Secure"), "{secure}");
+    assert!(secure.contains("HttpOnly"), "{secure}");
+    let plain = session_cookie_with(r#"ttl-seconds="1800""#).await;
+    assert!(!plain.contains("Secure"), "{plain}");
+}
