@@ -47,6 +47,11 @@ use crate::security::{FrameCipher, TAG_BYTES};
 
 /// Largest hop frame body: a request held for retry (64 KiB) or a body chunk, plus headers.
 const MAX_HOP_FRAME_BYTES: usize = 1024 * 1024;
+/// Requests served at once on one hop channel; more are refused (the sender retries elsewhere). A
+/// node accepts at most `<http max-connections>` client connections, so a member forwards far fewer.
+const MAX_STREAMS_PER_CHANNEL: usize = 16_384;
+/// Most credit a stream's window holds, whatever the peer sends.
+const MAX_WINDOW_BYTES: usize = 16 * STREAM_WINDOW_BYTES as usize;
 /// Malformed hop requests (anyone can open a hop channel without a cluster key) are logged at most
 /// this often.
 static MALFORMED_LOG: crate::security::LogThrottle =
@@ -804,6 +809,10 @@ impl HopServer {
                         Some("the member is shutting down")
                     } else if service.is_none() {
                         Some("the member is not serving yet")
+                    } else if streams.len() >= MAX_STREAMS_PER_CHANNEL {
+                        // Whoever sends requests without reading the answers (without a cluster
+                        // key, anyone can open a channel) holds no more than this many at once.
+                        Some("too many requests in flight on this hop channel")
                     } else {
                         None
                     };
@@ -832,8 +841,12 @@ impl HopServer {
                     }
                 }
                 HopUp::Credit { stream, bytes } => {
-                    if let Some((_, window)) = streams.get(&stream) {
-                        window.add_permits(bytes as usize);
+                    // A window never grows past a few times its size, however much credit a
+                    // peer sends (the semaphore would panic past its maximum).
+                    if let Some((_, window)) = streams.get(&stream)
+                        && window.available_permits() <= MAX_WINDOW_BYTES
+                    {
+                        window.add_permits((bytes as usize).min(MAX_WINDOW_BYTES));
                     }
                 }
             }
