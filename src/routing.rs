@@ -341,6 +341,37 @@ fn bad_gateway(message: String) -> Response {
         .into_response()
 }
 
+/// Refused client bodies are logged at most this often: a client can send them at any rate.
+static CLIENT_BODY_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(Duration::from_secs(10));
+
+/// The answer to a request whose body the client broke: 413 when it was longer than allowed, else 400.
+fn refuse_client_body(err: &crate::proxy::ProxyError) -> Response {
+    let too_long = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| {
+        err.source()
+    })
+    .any(|err| err.is::<http_body_util::LengthLimitError>());
+    let status = if too_long {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    if let Some(held_back) = CLIENT_BODY_LOG.allow() {
+        let cause = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| {
+            err.source()
+        })
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+        info!(status = status.as_u16(), held_back, %cause, "refused a request whose body the client broke");
+    }
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": format!("{err}: the request body is malformed, incomplete or too long") })),
+    )
+        .into_response()
+}
+
 /// Header carrying one id per client request; a retry on another member carries the same id, so an
 /// application can recognise a replay (the demo counter does) and answer it without doing it twice.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -387,7 +418,7 @@ pub async fn route(
     let (replayable, mut streaming) = match buffer_for_retry(request, RETRY_BUFFER_LIMIT).await {
         Ok(PreparedRequest::Replayable(replayable)) => (Some(replayable), None),
         Ok(PreparedRequest::Streaming(request)) => (None, Some(request)),
-        Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+        Err(err) => return refuse_client_body(&err),
     };
     let attempts = 1 + policy.retries as usize;
     let mut last_error = String::from("no member could take the request");
@@ -464,6 +495,11 @@ pub async fn route(
                     counters.over_hop.fetch_add(1, Ordering::Relaxed);
                 }
                 return response;
+            }
+            // The client's own body broke (it hung up, bad chunking, too long): its fault, not the
+            // member's, so neither the member's failure count nor a 502 may say otherwise.
+            Err(err @ crate::proxy::ProxyError::ClientBody { .. }) => {
+                return refuse_client_body(&err);
             }
             Err(err) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);

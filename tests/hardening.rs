@@ -1,0 +1,140 @@
+//! Hardening with real processes: what a client may not do to a node with the shipped defaults.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, wait_for};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READY: Duration = Duration::from_secs(30);
+
+/// Waits until every running node routes to `members` members.
+async fn routes_to_all(cluster: &Cluster, members: usize) {
+    for name in cluster.running() {
+        wait_for(
+            &format!("{name} routes to {members} members"),
+            READY,
+            || async {
+                let status = cluster.status(&name).await?;
+                (status["balancer"]["members"].as_array()?.len() == members).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// A session id whose owner, as `viewer` computes it, is `owner`.
+async fn session_owned_by(cluster: &Cluster, viewer: &str, owner: &str) -> String {
+    for index in 0..1000 {
+        let session = format!("probe{index}");
+        let route = cluster
+            .get_json(viewer, &format!("/cluster/route?session={session}"))
+            .await
+            .expect("route answer");
+        if route["owners"][0] == owner {
+            return session;
+        }
+    }
+    panic!("no session among 1000 is owned by {owner}");
+}
+
+/// Writes `request` on a fresh connection to `addr` and returns the response's status code
+/// (0 when none came within 5 s).
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    if stream.write_all(request).await.is_err() {
+        return 0;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    if read.is_err() {
+        return 0;
+    }
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A proxy attempt counter of `viewer` for `member` (`success` or `failure`).
+async fn attempts(cluster: &Cluster, viewer: &str, member: &str, outcome: &str) -> f64 {
+    cluster
+        .metric(
+            viewer,
+            &format!(
+                "micro_tomcat_proxy_requests_total{{member=\"{member}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_body_is_the_clients_400_not_the_members_failure() {
+    let mut cluster = Cluster::new(2);
+    cluster.start_all();
+    routes_to_all(&cluster, 2).await;
+    let session = session_owned_by(&cluster, "node-1", "node-2").await;
+    let entry = cluster.nodes["node-1"].http;
+
+    // A sound request first, so the counters exist and the path is known to be proxied.
+    let sound = format!(
+        "POST /app/hello HTTP/1.1\r\nHost: x\r\nCookie: MTSESSIONID={session}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let status = raw_status(entry, sound.as_bytes()).await;
+    assert_ne!(status, 0, "the sound request got an answer");
+    assert_ne!(status, 502, "the sound request reached node-2");
+    let failures_before = attempts(&cluster, "node-1", "node-2", "failure").await;
+
+    // Unknown length, so it streams to node-2 over HTTP; then a chunk size that is not hex.
+    for _ in 0..4 {
+        let broken = format!(
+            "POST /app/hello HTTP/1.1\r\nHost: x\r\nCookie: MTSESSIONID={session}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZZ\r\nhello\r\n"
+        );
+        assert_eq!(raw_status(entry, broken.as_bytes()).await, 400);
+    }
+    // A client that hangs up in the middle of its body.
+    let truncated = format!(
+        "POST /app/hello HTTP/1.1\r\nHost: x\r\nCookie: MTSESSIONID={session}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n100\r\nonly a few bytes"
+    );
+    if let Ok(mut stream) = tokio::net::TcpStream::connect(entry).await {
+        let _ = stream.write_all(truncated.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    }
+
+    assert_eq!(
+        attempts(&cluster, "node-1", "node-2", "failure").await,
+        failures_before,
+        "the client's bodies were not counted as node-2's failures"
+    );
+    let ejected = cluster
+        .metric(
+            "node-1",
+            "micro_tomcat_proxy_member_ejected{member=\"node-2\"}",
+        )
+        .await;
+    assert_eq!(ejected, Some(0.0), "node-2 was not ejected");
+    // And node-2 still takes node-1's requests.
+    let status = raw_status(entry, sound.as_bytes()).await;
+    assert_ne!(status, 502);
+    let _: Option<Value> = cluster.status("node-2").await;
+}
