@@ -138,3 +138,74 @@ async fn a_broken_chunked_body_is_the_clients_400_not_the_members_failure() {
     assert_ne!(status, 502);
     let _: Option<Value> = cluster.status("node-2").await;
 }
+
+/// Sends a chunked restore of `chunks` MiB to `addr` and returns the status it was answered with
+/// (the node may answer, and close, before all of it was sent).
+async fn chunked_restore(addr: std::net::SocketAddr, chunks: usize) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /cluster/restore HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\n",
+        )
+        .await
+        .expect("head");
+    let mut chunk = b"100000\r\n".to_vec();
+    chunk.extend(std::iter::repeat_n(b'x', 1 << 20));
+    chunk.extend_from_slice(b"\r\n");
+    for _ in 0..chunks {
+        if stream.write_all(&chunk).await.is_err() {
+            break; // answered and closed
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_above_the_limit_is_413_and_the_node_stays_up() {
+    let mut cluster = Cluster::new(1);
+    cluster.start_all();
+    let url = cluster.nodes["node-1"].url();
+    let addr = cluster.nodes["node-1"].http;
+    let client = cluster.client.clone();
+    wait_for("node-1 answers /ping", READY, || async {
+        let response = client.get(format!("{url}/ping")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+
+    // A declared 1 GiB is refused before a byte of it is read.
+    let status = raw_status(
+        addr,
+        b"POST /cluster/restore HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\
+          Connection: close\r\n\r\nMTBACK01",
+    )
+    .await;
+    assert_eq!(status, 413);
+
+    // Without a length, it is refused once past the limit (256 x 1 MiB by default).
+    assert_eq!(chunked_restore(addr, 300).await, 413);
+
+    let status = client
+        .get(format!("{url}/ping"))
+        .send()
+        .await
+        .expect("node-1 still answers")
+        .status();
+    assert!(status.is_success());
+    // Under the limit, a body that is no backup is a 400 (the limit is not a blanket refusal).
+    let response = client
+        .post(format!("{url}/cluster/restore"))
+        .body("not a backup")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 400);
+}
