@@ -36,8 +36,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::balancer::Target;
+use crate::security::HopToken;
 
-/// Set on proxied requests (value: the forwarding node): the receiver must serve locally, never proxy again.
+/// Set on proxied requests: the receiver must serve locally, never proxy again. The value is the
+/// forwarding node's name and its [`HopToken`] (`node-1 0123…`); the receiver honours it only from a
+/// hop channel or with the token a live member gossips, and hands the application the name alone.
 pub const HOP_HEADER: &str = "x-micro-tomcat-hop";
 /// How long opening a connection to a member may take, unless `<balancer connect-timeout-ms>` says otherwise.
 pub const CONNECT_TIMEOUT: Duration =
@@ -255,6 +258,9 @@ struct Health {
 /// Forwards requests to other members and tracks which of them keep failing.
 pub struct Proxy {
     self_name: String,
+    /// This node's proof of membership in the hop header; `None` only if the system's random
+    /// number generator failed, and then members route what this node proxies over HTTP again.
+    hop_token: Option<HopToken>,
     hop_value: HeaderValue,
     settings: ProxySettings,
     /// The connect timeout of connections opened from now on, in nanoseconds; read only when a
@@ -283,16 +289,33 @@ impl Proxy {
 
     /// A proxy with explicit timeouts and ejection policy.
     pub fn with_settings(self_name: &str, settings: ProxySettings) -> Proxy {
+        let hop_token = match HopToken::generate() {
+            Ok(token) => Some(token),
+            Err(err) => {
+                tracing::warn!(node = %self_name, error = %err, "no hop token: members will route this node's proxied HTTP requests again");
+                None
+            }
+        };
+        let hop_text = match &hop_token {
+            Some(token) => format!("{self_name} {}", token.to_wire()),
+            None => self_name.to_owned(),
+        };
         Proxy {
             self_name: self_name.to_owned(),
             // Node names are validated config, but never trust them into a header blindly.
-            hop_value: HeaderValue::from_str(self_name).unwrap_or(HeaderValue::from_static("1")),
+            hop_value: HeaderValue::from_str(&hop_text).unwrap_or(HeaderValue::from_static("1")),
+            hop_token,
             settings,
             connect_timeout_nanos: AtomicU64::new(nanos(settings.connect_timeout)),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             hop: None,
         }
+    }
+
+    /// The token this node sends in the hop header (to be published in gossip).
+    pub fn hop_token(&self) -> Option<&HopToken> {
+        self.hop_token.as_ref()
     }
 
     /// Forgets member `name`: closes its idle pooled connections and its failure history. Call it when
@@ -807,7 +830,12 @@ mod tests {
             serde_json::json!(["203.0.113.9, 198.51.100.7"])
         );
         assert_eq!(header("x-forwarded-proto"), serde_json::json!(["http"]));
-        assert_eq!(header(HOP_HEADER), serde_json::json!(["node-1"]));
+        // The forwarding node's name and the token it gossips, which proves it a member.
+        let token = proxy.hop_token().expect("a token").to_wire();
+        assert_eq!(
+            header(HOP_HEADER),
+            serde_json::json!([format!("node-1 {token}")])
+        );
         assert_eq!(header("x-custom"), serde_json::json!(["kept"]));
         assert_eq!(header("host"), serde_json::json!(["entry.example:8080"]));
         assert_eq!(header("content-length"), serde_json::json!(["10"]));

@@ -209,3 +209,219 @@ async fn a_restore_above_the_limit_is_413_and_the_node_stays_up() {
         .expect("answer");
     assert_eq!(response.status().as_u16(), 400);
 }
+
+/// GET `path` on `node` with the session cookie and, when given, a hop header: (status, served by).
+async fn get_with_hop(
+    cluster: &Cluster,
+    node: &str,
+    method: reqwest::Method,
+    session: &str,
+    hop: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let mut request = cluster
+        .client
+        .request(method, format!("{}/app/hello", cluster.nodes[node].url()))
+        .header("Cookie", format!("MTSESSIONID={session}"))
+        .body(body);
+    if let Some(hop) = hop {
+        request = request.header("x-micro-tomcat-hop", hop);
+    }
+    let response = request.send().await.expect("answer");
+    let served_by = response
+        .headers()
+        .get("x-served-by")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (response.status().as_u16(), served_by)
+}
+
+/// `viewer`'s count of hop headers it removed because nothing vouched for them.
+async fn untrusted_hops(cluster: &Cluster, viewer: &str) -> f64 {
+    cluster
+        .metric(viewer, "micro_tomcat_proxy_untrusted_hop_headers_total")
+        .await
+        .expect("metric present")
+}
+
+/// A figure of `target` in `viewer`'s `balancer.targets`.
+async fn target_figure(cluster: &Cluster, viewer: &str, target: &str, figure: &str) -> u64 {
+    let status = cluster.status(viewer).await.expect("status");
+    status["balancer"]["targets"]
+        .as_array()
+        .and_then(|targets| targets.iter().find(|t| t["name"] == target))
+        .and_then(|t| t[figure].as_u64())
+        .unwrap_or(0)
+}
+
+/// Hop header values a client might try: a member's bare name, the old `1`, a well-formed but
+/// made-up token, a member's name with another member's... anything but the real token.
+const FORGED_HOPS: [&str; 4] = [
+    "node-3",
+    "1",
+    "node-2 00000000000000000000000000000000",
+    "node-1 0123456789abcdef0123456789abcdef",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_hop_header_is_removed_so_it_cannot_skip_routing_or_draining() {
+    let mut cluster = Cluster::new(3);
+    cluster.start_all();
+    routes_to_all(&cluster, 3).await;
+    let session = session_owned_by(&cluster, "node-1", "node-2").await;
+
+    // Members' own proxied requests still work, over the hop channel and, for a body > 64 KiB, HTTP.
+    let (status, served_by) = get_with_hop(
+        &cluster,
+        "node-1",
+        reqwest::Method::GET,
+        &session,
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!((status, served_by.as_str()), (200, "node-2"));
+    assert!(target_figure(&cluster, "node-1", "node-2", "over_hop").await >= 1);
+    // Members learn each other's tokens through gossip; until node-2 has node-1's, what node-1
+    // streams to it over HTTP is routed once more there (to the same owner), so wait for that first.
+    wait_for(
+        "node-2 trusts node-1's hop header over HTTP",
+        READY,
+        || async {
+            let before = untrusted_hops(&cluster, "node-2").await;
+            let large = vec![b'x'; 100 * 1024];
+            let (_, served_by) = get_with_hop(
+                &cluster,
+                "node-1",
+                reqwest::Method::POST,
+                &session,
+                None,
+                large,
+            )
+            .await;
+            (served_by == "node-2" && untrusted_hops(&cluster, "node-2").await == before)
+                .then_some(())
+        },
+    )
+    .await;
+    let node_2_untrusted = untrusted_hops(&cluster, "node-2").await;
+    let node_1_untrusted = untrusted_hops(&cluster, "node-1").await;
+
+    // A client's hop header does not make node-1 serve a key node-2 owns.
+    for hop in FORGED_HOPS {
+        let (status, served_by) = get_with_hop(
+            &cluster,
+            "node-1",
+            reqwest::Method::GET,
+            &session,
+            Some(hop),
+            vec![],
+        )
+        .await;
+        assert_eq!((status, served_by.as_str()), (200, "node-2"), "hop {hop:?}");
+    }
+    assert_eq!(
+        untrusted_hops(&cluster, "node-1").await,
+        node_1_untrusted + FORGED_HOPS.len() as f64
+    );
+    // What node-1 forwarded carried its own token (over the hop channel too), which node-2 trusted.
+    assert_eq!(untrusted_hops(&cluster, "node-2").await, node_2_untrusted);
+
+    // A draining node is not made to serve by one either.
+    let drained = cluster
+        .client
+        .post(format!(
+            "{}/cluster/nodes/node-3/drain",
+            cluster.nodes["node-3"].url()
+        ))
+        .send()
+        .await
+        .expect("drain answer");
+    assert!(drained.status().is_success());
+    for viewer in ["node-1", "node-2", "node-3"] {
+        wait_for(&format!("{viewer} routes around node-3"), READY, || async {
+            let status = cluster.status(viewer).await?;
+            let members = status["balancer"]["members"].as_array()?.clone();
+            (members.len() == 2 && !members.iter().any(|m| m == "node-3")).then_some(())
+        })
+        .await;
+    }
+    for index in 0..8 {
+        let session = format!("drained{index}");
+        for hop in FORGED_HOPS {
+            let (status, served_by) = get_with_hop(
+                &cluster,
+                "node-3",
+                reqwest::Method::GET,
+                &session,
+                Some(hop),
+                vec![],
+            )
+            .await;
+            assert_eq!(status, 200);
+            assert_ne!(served_by, "node-3", "draining node-3 served hop {hop:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_proxying_over_http_are_trusted_and_clients_are_not() {
+    let mut cluster = Cluster::with_elements(
+        3,
+        r#"<raft data-dir="data" voters="3"/>
+  <balancer transport="http"/>"#,
+    );
+    cluster.start_all();
+    routes_to_all(&cluster, 3).await;
+    let session = session_owned_by(&cluster, "node-1", "node-2").await;
+    // Members learn each other's tokens through gossip; until then a proxied request is routed again
+    // (to the same owner), so wait until node-2 trusts what node-1 sends.
+    wait_for("node-2 trusts node-1's hop header", READY, || async {
+        let before = untrusted_hops(&cluster, "node-2").await;
+        let (_, served_by) = get_with_hop(
+            &cluster,
+            "node-1",
+            reqwest::Method::GET,
+            &session,
+            None,
+            vec![],
+        )
+        .await;
+        (served_by == "node-2" && untrusted_hops(&cluster, "node-2").await == before).then_some(())
+    })
+    .await;
+    let trusted_before = untrusted_hops(&cluster, "node-2").await;
+    for _ in 0..5 {
+        let (status, served_by) = get_with_hop(
+            &cluster,
+            "node-1",
+            reqwest::Method::GET,
+            &session,
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!((status, served_by.as_str()), (200, "node-2"));
+    }
+    assert_eq!(untrusted_hops(&cluster, "node-2").await, trusted_before);
+    assert_eq!(
+        target_figure(&cluster, "node-1", "node-2", "over_hop").await,
+        0
+    );
+    assert!(target_figure(&cluster, "node-1", "node-2", "proxied").await >= 5);
+
+    for hop in FORGED_HOPS {
+        let (status, served_by) = get_with_hop(
+            &cluster,
+            "node-1",
+            reqwest::Method::GET,
+            &session,
+            Some(hop),
+            vec![],
+        )
+        .await;
+        assert_eq!((status, served_by.as_str()), (200, "node-2"), "hop {hop:?}");
+    }
+    assert_eq!(untrusted_hops(&cluster, "node-2").await, trusted_before);
+}
