@@ -200,6 +200,25 @@ async fn a_restore_above_the_limit_is_413_and_the_node_stays_up() {
         .expect("node-1 still answers")
         .status();
     assert!(status.is_success());
+    // One restore at a time: while one is still sending, another is refused.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(
+        b"POST /cluster/restore HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nMTBACK01\r\n",
+    )
+    .await
+    .expect("first restore starts");
+    wait_for("a second restore is refused meanwhile", READY, || async {
+        let response = client
+            .post(format!("{url}/cluster/restore"))
+            .body("not a backup")
+            .send()
+            .await
+            .ok()?;
+        (response.status().as_u16() == 409).then_some(())
+    })
+    .await;
+    drop(slow);
+
     // Under the limit, a body that is no backup is a 400 (the limit is not a blanket refusal).
     let response = client
         .post(format!("{url}/cluster/restore"))
@@ -207,7 +226,24 @@ async fn a_restore_above_the_limit_is_413_and_the_node_stays_up() {
         .send()
         .await
         .expect("answer");
-    assert_eq!(response.status().as_u16(), 400);
+    // (Once the first restore's connection is gone, its permit is.)
+    let status = response.status().as_u16();
+    let status = if status == 409 {
+        wait_for("the first restore's slot is free again", READY, || async {
+            let response = client
+                .post(format!("{url}/cluster/restore"))
+                .body("not a backup")
+                .send()
+                .await
+                .ok()?;
+            let status = response.status().as_u16();
+            (status != 409).then_some(status)
+        })
+        .await
+    } else {
+        status
+    };
+    assert_eq!(status, 400);
 }
 
 /// GET `path` on `node` with the session cookie and, when given, a hop header: (status, served by).

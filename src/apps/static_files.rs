@@ -116,19 +116,18 @@ impl ConfinedBackend {
     }
 }
 
-/// Where the file behind `file` really is: `/proc/self/fd` on Linux, else `path` resolved now.
+/// Where the file behind `file` really is: `/proc/self/fd` on Linux, else (or without `/proc`)
+/// `path` resolved now, which a swapped link could race.
 fn opened_path(file: &std::fs::File, path: &Path) -> io::Result<PathBuf> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let _ = path;
-        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        if let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+            return Ok(real);
+        }
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = file;
-        path.canonicalize()
-    }
+    let _ = file;
+    path.canonicalize()
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;

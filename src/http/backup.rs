@@ -26,6 +26,9 @@ use crate::security::RequireAdmin;
 pub const RESTORE_LIMIT_IN_MAX_SESSIONS: usize = 256;
 /// The least a restore may send, whatever `max-bytes` says.
 const MIN_RESTORE_BYTES: usize = 16 * 1024 * 1024;
+/// One restore at a time per node: each may hold about twice its limit, so several at once would
+/// multiply that (and restores are rare operator actions, not traffic).
+static RESTORING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 /// Refused restores are logged at most this often (anyone can send one when no admin token is set).
 static REFUSED_LOG: crate::security::LogThrottle =
     crate::security::LogThrottle::new(Duration::from_secs(10));
@@ -64,8 +67,8 @@ async fn read_bounded(body: Body, limit: usize) -> Result<Vec<u8>, Response> {
     if declared > limit as u64 {
         return Err(too_large());
     }
-    // Sized from what the client declared (within the limit), so a truthful body is copied once.
-    let mut bytes = Vec::with_capacity(declared as usize);
+    // Sized from what the client declared, but not beyond 16 MiB before that much has arrived.
+    let mut bytes = Vec::with_capacity((declared as usize).min(MIN_RESTORE_BYTES));
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| {
@@ -119,6 +122,15 @@ async fn restore(
     _admin: RequireAdmin,
     request: Request,
 ) -> Response {
+    let Ok(_restoring) = RESTORING.try_acquire() else {
+        if let Some(held_back) = REFUSED_LOG.allow() {
+            warn!(held_back, "refused a restore while another one runs");
+        }
+        return error(
+            StatusCode::CONFLICT,
+            "another restore is running on this node; try again when it has finished".to_string(),
+        );
+    };
     let limit = restore_limit(context.config().cluster.sessions.max_bytes);
     let body = match read_bounded(request.into_body(), limit).await {
         Ok(body) => body,
