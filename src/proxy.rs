@@ -375,10 +375,12 @@ impl Proxy {
         // Retry safety depends on whether the body was consumed, and blame on who failed: watch both.
         let body_sent = Arc::new(AtomicBool::new(false));
         let client_failed = Arc::new(AtomicBool::new(false));
+        let awaiting_client = Arc::new(AtomicBool::new(false));
         let body = Body::new(WatchedBody {
             inner: body,
             body_sent: Arc::clone(&body_sent),
             client_failed: Arc::clone(&client_failed),
+            awaiting_client: Arc::clone(&awaiting_client),
         });
 
         let exchange = client.request(Request::from_parts(parts, body));
@@ -404,6 +406,13 @@ impl Proxy {
                 source: Box::new(source),
                 body_sent: body_sent.load(Ordering::Relaxed),
             },
+            // Still waiting for the client's next piece of body: the client is slow, not the member
+            // (a member slow to read would leave the body waiting on the connection instead).
+            Err(_elapsed) if awaiting_client.load(Ordering::Relaxed) => {
+                return Err(ProxyError::ClientBody {
+                    source: Box::new(ClientBodyTimeout),
+                });
+            }
             Err(_elapsed) => ProxyError::Timeout {
                 target: target.name.clone(),
             },
@@ -580,12 +589,19 @@ impl Proxy {
     }
 }
 
-/// A request body that notes whether any of it was handed over and whether reading it failed,
-/// keeping its size hint so a known length still goes out as `Content-Length`.
+/// The client had not sent the rest of its request body when the response timeout ran out.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client did not send its request body in time")]
+pub struct ClientBodyTimeout;
+
+/// A request body that notes whether any of it was handed over, whether reading it failed and
+/// whether it is waiting for the client right now, keeping its size hint so a known length still
+/// goes out as `Content-Length`.
 struct WatchedBody {
     inner: Body,
     body_sent: Arc<AtomicBool>,
     client_failed: Arc<AtomicBool>,
+    awaiting_client: Arc<AtomicBool>,
 }
 
 impl hyper::body::Body for WatchedBody {
@@ -597,6 +613,8 @@ impl hyper::body::Body for WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.awaiting_client
+            .store(polled.is_pending(), Ordering::Relaxed);
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.body_sent.store(true, Ordering::Relaxed),
             Poll::Ready(Some(Err(_))) => self.client_failed.store(true, Ordering::Relaxed),
@@ -993,6 +1011,51 @@ mod tests {
                 .expect_err("body fails");
             assert!(matches!(error, ProxyError::ClientBody { .. }), "{error:?}");
             assert!(!error.is_retryable(true));
+        }
+        assert!(proxy.ejected().is_empty());
+    }
+
+    /// A client body that sends one piece and then nothing, ever.
+    struct StalledBody(bool);
+
+    impl hyper::body::Body for StalledBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first piece")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_too_slow_with_its_body_is_not_blamed_on_the_member() {
+        let addr = serve(inspector()).await;
+        let settings = ProxySettings {
+            response_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        };
+        let proxy = Proxy::with_settings("node-1", settings);
+        for _ in 0..EJECT_AFTER_FAILURES {
+            let request = Request::builder()
+                .method(Method::PUT)
+                .uri("/upload")
+                .body(Body::new(StalledBody(false)))
+                .expect("request");
+            let error = proxy
+                .forward(&target("node-2", addr), request, CLIENT)
+                .await
+                .expect_err("times out");
+            let ProxyError::ClientBody { source } = &error else {
+                panic!("not the client's fault: {error:?}");
+            };
+            assert!(source.is::<ClientBodyTimeout>(), "{source:?}");
         }
         assert!(proxy.ejected().is_empty());
     }

@@ -386,31 +386,27 @@ static UNTRUSTED_HOP_LOG: crate::security::LogThrottle =
 static CLIENT_BODY_LOG: crate::security::LogThrottle =
     crate::security::LogThrottle::new(Duration::from_secs(10));
 
-/// The answer to a request whose body the client broke: 413 when it was longer than allowed, else 400.
+/// The answer to a request whose body the client broke: 413 when it was longer than allowed, 408
+/// when it did not arrive in time, else 400.
 fn refuse_client_body(err: &crate::proxy::ProxyError) -> Response {
-    let too_long = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| {
-        err.source()
-    })
-    .any(|err| err.is::<http_body_util::LengthLimitError>());
-    let status = if too_long {
-        StatusCode::PAYLOAD_TOO_LARGE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    if let Some(held_back) = CLIENT_BODY_LOG.allow() {
-        let cause = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| {
+    let causes = || {
+        std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| {
             err.source()
         })
-        .last()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    };
+    let (status, what) = if causes().any(|err| err.is::<http_body_util::LengthLimitError>()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, "too long")
+    } else if causes().any(|err| err.is::<crate::proxy::ClientBodyTimeout>()) {
+        (StatusCode::REQUEST_TIMEOUT, "not sent in time")
+    } else {
+        (StatusCode::BAD_REQUEST, "malformed or incomplete")
+    };
+    if let Some(held_back) = CLIENT_BODY_LOG.allow() {
+        let cause = causes().last().map(ToString::to_string).unwrap_or_default();
         info!(status = status.as_u16(), held_back, %cause, "refused a request whose body the client broke");
     }
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": format!("{err}: the request body is malformed, incomplete or too long") })),
-    )
-        .into_response()
+    let message = format!("{err}: the request body was {what}");
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 /// Header carrying one id per client request; a retry on another member carries the same id, so an
