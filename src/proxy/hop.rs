@@ -842,6 +842,10 @@ impl HopServer {
     }
 }
 
+/// Malformed hop requests are logged at most this often.
+static MALFORMED_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(std::time::Duration::from_secs(10));
+
 /// Serves one request from a hop channel and sends its response back on `outgoing`.
 async fn serve_request(
     service: Arc<HopService>,
@@ -855,7 +859,10 @@ async fn serve_request(
     let request = match to_http_request(request, peer) {
         Ok(request) => request,
         Err(reason) => {
-            warn!(peer = %peer, %reason, "malformed request on a hop channel");
+            // Whoever can open a hop channel can send these at any rate: one line per 10 s.
+            if let Some(held_back) = MALFORMED_LOG.allow() {
+                warn!(peer = %peer, %reason, held_back, "malformed request on a hop channel");
+            }
             let _ = outgoing.send(HopDown::Head {
                 stream,
                 status: StatusCode::BAD_REQUEST.as_u16(),
