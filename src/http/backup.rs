@@ -26,6 +26,8 @@ use crate::security::RequireAdmin;
 pub const RESTORE_LIMIT_IN_MAX_SESSIONS: usize = 256;
 /// The least a restore may send, whatever `max-bytes` says.
 const MIN_RESTORE_BYTES: usize = 16 * 1024 * 1024;
+/// A restore whose body sends nothing for this long is refused (408), freeing the restore slot.
+const RESTORE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// One restore at a time per node: each may hold about twice its limit, so several at once would
 /// multiply that (and restores are rare operator actions, not traffic).
 static RESTORING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
@@ -70,7 +72,23 @@ async fn read_bounded(body: Body, limit: usize) -> Result<Vec<u8>, Response> {
     // Sized from what the client declared, but not beyond 16 MiB before that much has arrived.
     let mut bytes = Vec::with_capacity((declared as usize).min(MIN_RESTORE_BYTES));
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A client that stops sending would hold the one restore slot forever.
+        let Ok(next) = tokio::time::timeout(RESTORE_IDLE_TIMEOUT, body.frame()).await else {
+            if let Some(held_back) = REFUSED_LOG.allow() {
+                warn!(held_back, "refused a restore whose body stopped arriving");
+            }
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the backup stopped arriving: nothing for {}s",
+                    RESTORE_IDLE_TIMEOUT.as_secs()
+                ),
+            ));
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame.map_err(|err| {
             error(
                 StatusCode::BAD_REQUEST,
