@@ -36,8 +36,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::balancer::Target;
+use crate::security::HopToken;
 
-/// Set on proxied requests (value: the forwarding node): the receiver must serve locally, never proxy again.
+/// Set on proxied requests: the receiver must serve locally, never proxy again. The value is the
+/// forwarding node's name and its [`HopToken`] (`node-1 0123…`); the receiver honours it only from a
+/// hop channel or with the token a live member gossips, and hands the application the name alone.
 pub const HOP_HEADER: &str = "x-micro-tomcat-hop";
 /// How long opening a connection to a member may take, unless `<balancer connect-timeout-ms>` says otherwise.
 pub const CONNECT_TIMEOUT: Duration =
@@ -255,6 +258,9 @@ struct Health {
 /// Forwards requests to other members and tracks which of them keep failing.
 pub struct Proxy {
     self_name: String,
+    /// This node's proof of membership in the hop header; `None` only if the system's random
+    /// number generator failed, and then members route what this node proxies over HTTP again.
+    hop_token: Option<HopToken>,
     hop_value: HeaderValue,
     settings: ProxySettings,
     /// The connect timeout of connections opened from now on, in nanoseconds; read only when a
@@ -283,16 +289,33 @@ impl Proxy {
 
     /// A proxy with explicit timeouts and ejection policy.
     pub fn with_settings(self_name: &str, settings: ProxySettings) -> Proxy {
+        let hop_token = match HopToken::generate() {
+            Ok(token) => Some(token),
+            Err(err) => {
+                tracing::warn!(node = %self_name, error = %err, "no hop token: members will route this node's proxied HTTP requests again");
+                None
+            }
+        };
+        let hop_text = match &hop_token {
+            Some(token) => format!("{self_name} {}", token.to_wire()),
+            None => self_name.to_owned(),
+        };
         Proxy {
             self_name: self_name.to_owned(),
             // Node names are validated config, but never trust them into a header blindly.
-            hop_value: HeaderValue::from_str(self_name).unwrap_or(HeaderValue::from_static("1")),
+            hop_value: HeaderValue::from_str(&hop_text).unwrap_or(HeaderValue::from_static("1")),
+            hop_token,
             settings,
             connect_timeout_nanos: AtomicU64::new(nanos(settings.connect_timeout)),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             hop: None,
         }
+    }
+
+    /// The token this node sends in the hop header (to be published in gossip).
+    pub fn hop_token(&self) -> Option<&HopToken> {
+        self.hop_token.as_ref()
     }
 
     /// Forgets member `name`: closes its idle pooled connections and its failure history. Call it when
@@ -352,10 +375,12 @@ impl Proxy {
         // Retry safety depends on whether the body was consumed, and blame on who failed: watch both.
         let body_sent = Arc::new(AtomicBool::new(false));
         let client_failed = Arc::new(AtomicBool::new(false));
+        let awaiting_client = Arc::new(AtomicBool::new(false));
         let body = Body::new(WatchedBody {
             inner: body,
             body_sent: Arc::clone(&body_sent),
             client_failed: Arc::clone(&client_failed),
+            awaiting_client: Arc::clone(&awaiting_client),
         });
 
         let exchange = client.request(Request::from_parts(parts, body));
@@ -381,6 +406,13 @@ impl Proxy {
                 source: Box::new(source),
                 body_sent: body_sent.load(Ordering::Relaxed),
             },
+            // Still waiting for the client's next piece of body: the client is slow, not the member
+            // (a member slow to read would leave the body waiting on the connection instead).
+            Err(_elapsed) if awaiting_client.load(Ordering::Relaxed) => {
+                return Err(ProxyError::ClientBody {
+                    source: Box::new(ClientBodyTimeout),
+                });
+            }
             Err(_elapsed) => ProxyError::Timeout {
                 target: target.name.clone(),
             },
@@ -557,12 +589,19 @@ impl Proxy {
     }
 }
 
-/// A request body that notes whether any of it was handed over and whether reading it failed,
-/// keeping its size hint so a known length still goes out as `Content-Length`.
+/// The client had not sent the rest of its request body when the response timeout ran out.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client did not send its request body in time")]
+pub struct ClientBodyTimeout;
+
+/// A request body that notes whether any of it was handed over, whether reading it failed and
+/// whether it is waiting for the client right now, keeping its size hint so a known length still
+/// goes out as `Content-Length`.
 struct WatchedBody {
     inner: Body,
     body_sent: Arc<AtomicBool>,
     client_failed: Arc<AtomicBool>,
+    awaiting_client: Arc<AtomicBool>,
 }
 
 impl hyper::body::Body for WatchedBody {
@@ -574,6 +613,8 @@ impl hyper::body::Body for WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.awaiting_client
+            .store(polled.is_pending(), Ordering::Relaxed);
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.body_sent.store(true, Ordering::Relaxed),
             Poll::Ready(Some(Err(_))) => self.client_failed.store(true, Ordering::Relaxed),
@@ -807,7 +848,12 @@ mod tests {
             serde_json::json!(["203.0.113.9, 198.51.100.7"])
         );
         assert_eq!(header("x-forwarded-proto"), serde_json::json!(["http"]));
-        assert_eq!(header(HOP_HEADER), serde_json::json!(["node-1"]));
+        // The forwarding node's name and the token it gossips, which proves it a member.
+        let token = proxy.hop_token().expect("a token").to_wire();
+        assert_eq!(
+            header(HOP_HEADER),
+            serde_json::json!([format!("node-1 {token}")])
+        );
         assert_eq!(header("x-custom"), serde_json::json!(["kept"]));
         assert_eq!(header("host"), serde_json::json!(["entry.example:8080"]));
         assert_eq!(header("content-length"), serde_json::json!(["10"]));
@@ -965,6 +1011,51 @@ mod tests {
                 .expect_err("body fails");
             assert!(matches!(error, ProxyError::ClientBody { .. }), "{error:?}");
             assert!(!error.is_retryable(true));
+        }
+        assert!(proxy.ejected().is_empty());
+    }
+
+    /// A client body that sends one piece and then nothing, ever.
+    struct StalledBody(bool);
+
+    impl hyper::body::Body for StalledBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first piece")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_too_slow_with_its_body_is_not_blamed_on_the_member() {
+        let addr = serve(inspector()).await;
+        let settings = ProxySettings {
+            response_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        };
+        let proxy = Proxy::with_settings("node-1", settings);
+        for _ in 0..EJECT_AFTER_FAILURES {
+            let request = Request::builder()
+                .method(Method::PUT)
+                .uri("/upload")
+                .body(Body::new(StalledBody(false)))
+                .expect("request");
+            let error = proxy
+                .forward(&target("node-2", addr), request, CLIENT)
+                .await
+                .expect_err("times out");
+            let ProxyError::ClientBody { source } = &error else {
+                panic!("not the client's fault: {error:?}");
+            };
+            assert!(source.is::<ClientBodyTimeout>(), "{source:?}");
         }
         assert!(proxy.ejected().is_empty());
     }

@@ -1,8 +1,11 @@
 //! Routes every application request to its owner among the live members: served here, or proxied.
 //!
 //! The balancer picks an ordered list of candidates (owner first) from an immutable snapshot that is
-//! rebuilt when membership or local ejections change. A request that already carries the hop header is
-//! always served where it lands, so a request is proxied at most once.
+//! rebuilt when membership or local ejections change. A request that already carries a trusted hop
+//! header is always served where it lands, so a request is proxied at most once. Trusted means it came
+//! over a hop channel, or its token is the one the member it names gossips; anyone else's hop header
+//! (a client's) is removed and the request routed like any other, so no client can skip routing
+//! or a node's draining.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -80,6 +83,10 @@ pub struct Routing {
     rebuilt: tokio::sync::watch::Sender<u64>,
     /// Members that are down.
     departed: ArcSwap<HashSet<String>>,
+    /// Where the hop tokens of the members are read; set by [`Routing::maintain`].
+    membership: std::sync::OnceLock<Arc<Membership>>,
+    /// Hop headers removed because nothing vouched for them.
+    untrusted_hops: AtomicU64,
 }
 
 impl Routing {
@@ -129,6 +136,8 @@ impl Routing {
             local_may_fail: config.cluster.app.upstream.is_some(),
             rebuilt: tokio::sync::watch::Sender::new(0),
             departed: ArcSwap::from_pointee(HashSet::new()),
+            membership: std::sync::OnceLock::new(),
+            untrusted_hops: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +148,10 @@ impl Routing {
         membership: Arc<Membership>,
         shutdown: CancellationToken,
     ) {
+        let _ = self.membership.set(membership.clone());
+        if let Some(token) = self.proxy.hop_token() {
+            membership.set_hop_token(token).await;
+        }
         let mut changes = membership.changes();
         let mut last_ejected: Option<HashSet<String>> = None;
         let mut last_version = None;
@@ -280,6 +293,30 @@ impl Routing {
         stats.into_values().collect()
     }
 
+    /// Hop headers removed from requests (and the requests routed) because nothing vouched for them:
+    /// sent by a client, or by a member whose token this node has not heard yet.
+    pub fn untrusted_hop_headers(&self) -> u64 {
+        self.untrusted_hops.load(Ordering::Relaxed)
+    }
+
+    /// The member a hop header's `value` comes from, if it is to be honoured: any over a hop channel,
+    /// else only with the token that member (not down) gossips.
+    fn hop_sender<'v>(&self, value: &'v HeaderValue, over_hop_channel: bool) -> Option<&'v str> {
+        let value = value.to_str().ok()?;
+        let (name, token) = value.split_once(' ').unwrap_or((value, ""));
+        if over_hop_channel {
+            return Some(name);
+        }
+        let view = self.membership.get()?.view();
+        let member = view.member(name)?;
+        let vouched = member.state != MemberState::Down
+            && member
+                .hop_token
+                .as_ref()
+                .is_some_and(|known| known.matches(token));
+        vouched.then_some(name)
+    }
+
     /// Attempts made on a next member after the previous one failed, since start.
     pub fn retries(&self) -> u64 {
         self.retried.load(Ordering::Relaxed)
@@ -341,6 +378,37 @@ fn bad_gateway(message: String) -> Response {
         .into_response()
 }
 
+/// Untrusted hop headers are logged at most this often: a client can send them at any rate.
+static UNTRUSTED_HOP_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(Duration::from_secs(10));
+
+/// Refused client bodies are logged at most this often: a client can send them at any rate.
+static CLIENT_BODY_LOG: crate::security::LogThrottle =
+    crate::security::LogThrottle::new(Duration::from_secs(10));
+
+/// The answer to a request whose body the client broke: 413 when it was longer than allowed, 408
+/// when it did not arrive in time, else 400.
+fn refuse_client_body(err: &crate::proxy::ProxyError) -> Response {
+    let causes = || {
+        std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| {
+            err.source()
+        })
+    };
+    let (status, what) = if causes().any(|err| err.is::<http_body_util::LengthLimitError>()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, "too long")
+    } else if causes().any(|err| err.is::<crate::proxy::ClientBodyTimeout>()) {
+        (StatusCode::REQUEST_TIMEOUT, "not sent in time")
+    } else {
+        (StatusCode::BAD_REQUEST, "malformed or incomplete")
+    };
+    if let Some(held_back) = CLIENT_BODY_LOG.allow() {
+        let cause = causes().last().map(ToString::to_string).unwrap_or_default();
+        info!(status = status.as_u16(), held_back, %cause, "refused a request whose body the client broke");
+    }
+    let message = format!("{err}: the request body was {what}");
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
 /// Header carrying one id per client request; a retry on another member carries the same id, so an
 /// application can recognise a replay (the demo counter does) and answer it without doing it twice.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -360,12 +428,41 @@ pub async fn route(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if request.headers().contains_key(HOP_HEADER) {
+    let over_hop_channel = request
+        .extensions()
+        .get::<crate::proxy::hop::ArrivedOverHopChannel>()
+        .is_some();
+    if let Some(value) = request.headers().get(HOP_HEADER) {
+        match routing.hop_sender(value, over_hop_channel) {
+            Some(sender) => {
+                // The application learns where the request came from, never the token.
+                let sender = HeaderValue::from_str(sender).ok();
+                let headers = request.headers_mut();
+                headers.remove(HOP_HEADER);
+                if let Some(sender) = sender {
+                    headers.insert(HOP_HEADER, sender);
+                }
+                return routing.serve_here(request, next).await;
+            }
+            None => {
+                request.headers_mut().remove(HOP_HEADER);
+                routing.untrusted_hops.fetch_add(1, Ordering::Relaxed);
+                if let Some(held_back) = UNTRUSTED_HOP_LOG.allow() {
+                    warn!(
+                        peer = %peer,
+                        held_back,
+                        "removed a hop header nothing vouched for (a client's, or a member's whose token is not known here yet); routing the request"
+                    );
+                }
+            }
+        }
+    } else if over_hop_channel {
+        // Members always send the header; a request from a hop channel is never proxied again anyway.
         return routing.serve_here(request, next).await;
     }
     if !request.headers().contains_key(REQUEST_ID_HEADER) {
         let id = proto::raft::SessionId::generate().to_string();
-        if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        if let Ok(value) = HeaderValue::from_str(&id) {
             request.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
     }
@@ -387,7 +484,7 @@ pub async fn route(
     let (replayable, mut streaming) = match buffer_for_retry(request, RETRY_BUFFER_LIMIT).await {
         Ok(PreparedRequest::Replayable(replayable)) => (Some(replayable), None),
         Ok(PreparedRequest::Streaming(request)) => (None, Some(request)),
-        Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+        Err(err) => return refuse_client_body(&err),
     };
     let attempts = 1 + policy.retries as usize;
     let mut last_error = String::from("no member could take the request");
@@ -464,6 +561,11 @@ pub async fn route(
                     counters.over_hop.fetch_add(1, Ordering::Relaxed);
                 }
                 return response;
+            }
+            // The client's own body broke (it hung up, bad chunking, too long): its fault, not the
+            // member's, so neither the member's failure count nor a 502 may say otherwise.
+            Err(err @ crate::proxy::ProxyError::ClientBody { .. }) => {
+                return refuse_client_body(&err);
             }
             Err(err) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);

@@ -463,6 +463,54 @@ impl GossipSeal {
     }
 }
 
+/// Bytes of a [`HopToken`].
+pub const HOP_TOKEN_BYTES: usize = 16;
+
+/// A node's proof, in the hop header of the requests it proxies over HTTP, that it is a member: a
+/// random value drawn at each start and published in gossip, so only those who read the cluster's
+/// gossip know it (with a cluster key, only the members). Compared in constant time; never displayed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HopToken([u8; HOP_TOKEN_BYTES]);
+
+impl fmt::Debug for HopToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HopToken(..)")
+    }
+}
+
+impl HopToken {
+    /// A fresh random token.
+    pub fn generate() -> Result<HopToken, RandomError> {
+        random_bytes().map(HopToken)
+    }
+
+    /// The token as it travels (in gossip and in the hop header): lowercase hex.
+    pub fn to_wire(&self) -> String {
+        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The token in `text` ([`HopToken::to_wire`]'s form), if it is one.
+    pub fn from_wire(text: &str) -> Option<HopToken> {
+        let text = text.as_bytes();
+        if text.len() != 2 * HOP_TOKEN_BYTES {
+            return None;
+        }
+        let mut bytes = [0u8; HOP_TOKEN_BYTES];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(HopToken(bytes))
+    }
+
+    /// Whether `presented` (wire form) is this token, in time independent of where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let expected = self.to_wire();
+        presented.len() == expected.len()
+            && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
 /// Which end of a peer connection a proof or cipher belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerRole {

@@ -26,6 +26,11 @@ pub const RAFT_PRISTINE: &str = "pristine";
 /// Value of [`KEY_RAFT_STATE`] for a store that holds a log or a snapshot.
 pub const RAFT_MEMBER: &str = "member";
 
+/// Key: the random token (32 hex digits, drawn at each start) the node puts in the hop header of the
+/// requests it proxies over HTTP, so that members honour the header from it and from no one else.
+/// Absent on older nodes, whose proxied requests are then routed again by the receiver.
+pub const KEY_HOP_TOKEN: &str = "hop_token";
+
 /// What a node says about itself in gossip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeStatus {

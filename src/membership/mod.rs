@@ -72,6 +72,7 @@ struct LocalState {
     raft_id: Option<u64>,
     raft_pristine: Option<bool>,
     ready: bool,
+    hop_token: Option<crate::security::HopToken>,
 }
 
 impl Membership {
@@ -142,6 +143,7 @@ impl Membership {
             raft_id: None,
             raft_pristine: None,
             ready: true,
+            hop_token: None,
         }));
         let mut observer = Observer::new(config, generation, events, local.clone());
         let view = Arc::new(ArcSwap::from_pointee(observer.initial_view()));
@@ -254,6 +256,18 @@ impl Membership {
         state.set(gossip::KEY_RAFT_STATE, word);
     }
 
+    /// Publishes the token this node proves itself with in the hop header (see [`crate::routing`]).
+    pub async fn set_hop_token(&self, token: &crate::security::HopToken) {
+        if let Ok(mut local) = self.local.lock() {
+            local.hop_token = Some(token.clone());
+        }
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(gossip::KEY_HOP_TOKEN, token.to_wire());
+    }
+
     /// Leaves gracefully: says `leaving`, gives the word two gossip rounds to spread, stops gossip.
     pub async fn leave(&self) {
         self.set_status(NodeStatus::Leaving).await;
@@ -278,6 +292,7 @@ struct Observed {
     raft_id: Option<String>,
     raft_state: Option<String>,
     ready: Option<String>,
+    hop_token: Option<String>,
 }
 
 async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
@@ -295,6 +310,7 @@ async fn observe(chitchat: &Mutex<Chitchat>) -> Vec<Observed> {
             raft_id: state.get(gossip::KEY_RAFT_ID).map(str::to_string),
             raft_state: state.get(gossip::KEY_RAFT_STATE).map(str::to_string),
             ready: state.get(gossip::KEY_READY).map(str::to_string),
+            hop_token: state.get(gossip::KEY_HOP_TOKEN).map(str::to_string),
         })
         .collect()
 }
@@ -356,7 +372,7 @@ impl Observer {
     }
 
     fn self_info(&mut self) -> MemberInfo {
-        let (status, load, raft_id, raft_pristine, ready) = self
+        let (status, load, raft_id, raft_pristine, ready, hop_token) = self
             .local
             .lock()
             .map(|local| {
@@ -366,9 +382,10 @@ impl Observer {
                     local.raft_id,
                     local.raft_pristine,
                     local.ready,
+                    local.hop_token.clone(),
                 )
             })
-            .unwrap_or((NodeStatus::Serving, None, None, None, true));
+            .unwrap_or((NodeStatus::Serving, None, None, None, true, None));
         let state = match status {
             NodeStatus::Serving => MemberState::Up,
             NodeStatus::Draining => MemberState::Draining,
@@ -408,6 +425,7 @@ impl Observer {
             raft_id,
             raft_pristine,
             ready,
+            hop_token,
         }
     }
 
@@ -567,6 +585,10 @@ impl Observer {
                 _ => None,
             },
             ready: chosen.ready.as_deref() != Some("0"),
+            hop_token: chosen
+                .hop_token
+                .as_deref()
+                .and_then(crate::security::HopToken::from_wire),
         })
     }
 

@@ -13,6 +13,7 @@
 //! which parses them. Decoding runs in its own task, so chitchat cancelling `recv` (it does, every
 //! gossip round) never leaves the codec half-way.
 
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::security::{GossipSeal, LogThrottle, SEAL_OVERHEAD};
+use crate::security::{GOSSIP_NONCE_BYTES, GossipSeal, LogThrottle, SEAL_OVERHEAD};
 
 /// Largest UDP payload (IPv4), as chitchat bounds its own datagrams; larger input is dropped.
 pub const MAX_DATAGRAM_BYTES: usize = 65_507;
@@ -38,6 +39,11 @@ pub const MAX_DATAGRAM_BYTES: usize = 65_507;
 const RECEIVE_QUEUE: usize = 256;
 /// How long a loopback codec round trip may take before the codec is rebuilt.
 const CODEC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the nonce of an accepted sealed datagram is remembered, so that a copy of it is dropped.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many nonces are remembered (about 3 MiB); past it the oldest are forgotten first, which
+/// only shortens the window. A node receives a few dozen datagrams a second even in a large cluster.
+pub const REPLAY_CACHE_CAPACITY: usize = 65_536;
 
 /// Gossip traffic of this node since start.
 #[derive(Debug, Default)]
@@ -169,6 +175,55 @@ fn reject(traffic: &GossipTraffic, from: SocketAddr, len: usize, why: &str) {
     }
 }
 
+/// The nonces of the sealed datagrams accepted within the last [`REPLAY_WINDOW`] (at most
+/// [`REPLAY_CACHE_CAPACITY`]): a datagram carrying one of them again is a copy, not a new message.
+///
+/// Senders draw every nonce at random (96 bits) and the nonce is authenticated with the datagram, so
+/// two authentic datagrams with one nonce are one datagram sent twice. Only authenticated datagrams
+/// are remembered, so forged ones cannot crowd out the real. The wire format carries no authenticated
+/// time, so a copy replayed after its nonce was forgotten is accepted again (once per window).
+#[derive(Debug)]
+pub struct ReplayCache {
+    window: Duration,
+    capacity: usize,
+    seen: HashSet<[u8; GOSSIP_NONCE_BYTES]>,
+    order: VecDeque<(tokio::time::Instant, [u8; GOSSIP_NONCE_BYTES])>,
+}
+
+impl ReplayCache {
+    /// A cache remembering nonces for `window`, at most `capacity` of them.
+    pub fn new(window: Duration, capacity: usize) -> ReplayCache {
+        ReplayCache {
+            window,
+            capacity: capacity.max(1),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Records the nonce of an authenticated `datagram` seen at `now`; `false` when it was seen already.
+    pub fn first_sight(&mut self, datagram: &[u8], now: tokio::time::Instant) -> bool {
+        let Some(nonce) = datagram
+            .get(..GOSSIP_NONCE_BYTES)
+            .and_then(|nonce| <[u8; GOSSIP_NONCE_BYTES]>::try_from(nonce).ok())
+        else {
+            return false;
+        };
+        while let Some((at, old)) = self.order.front() {
+            if now.duration_since(*at) < self.window && self.order.len() < self.capacity {
+                break;
+            }
+            self.seen.remove(old);
+            self.order.pop_front();
+        }
+        if !self.seen.insert(nonce) {
+            return false;
+        }
+        self.order.push_back((now, nonce));
+        true
+    }
+}
+
 /// A gossip socket whose datagrams are sealed under the cluster key.
 struct SealedSocket {
     socket: Arc<UdpSocket>,
@@ -281,6 +336,7 @@ async fn receive_loop(
     // One byte more than the largest datagram accepted, so an oversized one is seen, not cut.
     let mut buf = vec![0u8; MAX_DATAGRAM_BYTES + 1];
     let mut opened = Vec::new();
+    let mut replays = ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE_CAPACITY);
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -304,6 +360,15 @@ async fn receive_loop(
         }
         if let Err(err) = seal.open(&buf[..len], &mut opened) {
             reject(&traffic, from_addr, len, &err.to_string());
+            continue;
+        }
+        if !replays.first_sight(&buf[..len], tokio::time::Instant::now()) {
+            reject(
+                &traffic,
+                from_addr,
+                len,
+                "a copy of a datagram already received (replayed)",
+            );
             continue;
         }
         match decoder.decode(&opened).await {
@@ -558,6 +623,69 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
             .expect("receivers stop on shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_sealed_datagram_is_dropped_and_counted() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let (mut a, _) = open(Some(seal(1)), &tasks, &shutdown).await;
+        let (mut b, b_traffic) = open(Some(seal(1)), &tasks, &shutdown).await;
+        let b_addr = b.local_addr().expect("addr");
+        // Someone on the path records a's datagram to b...
+        let sniffer = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        a.send(sniffer.local_addr().expect("addr"), syn("demo"))
+            .await
+            .expect("send");
+        let mut captured = vec![0u8; MAX_DATAGRAM_BYTES];
+        let (len, _) =
+            tokio::time::timeout(Duration::from_secs(2), sniffer.recv_from(&mut captured))
+                .await
+                .expect("captured in time")
+                .expect("captured");
+        captured.truncate(len);
+        // ...and delivers it, then replays it: the first copy is heard, the others dropped.
+        for _ in 0..3 {
+            sniffer.send_to(&captured, b_addr).await.expect("send");
+        }
+        let got = recv_within(&mut b, 2_000)
+            .await
+            .expect("b hears the first copy");
+        assert_eq!(got.envelope, syn("demo"));
+        assert!(recv_within(&mut b, 300).await.is_none());
+        let counts = b_traffic.snapshot();
+        assert_eq!(
+            (counts.datagrams_received, counts.datagrams_rejected),
+            (1, 2)
+        );
+        // a's next datagram (a fresh nonce) still gets through.
+        a.send(b_addr, syn("next")).await.expect("send");
+        let got = recv_within(&mut b, 2_000).await.expect("b hears a");
+        assert_eq!(got.envelope, syn("next"));
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn the_replay_cache_forgets_after_its_window_and_past_its_capacity() {
+        let start = tokio::time::Instant::now();
+        let datagram = |n: u8| [n; SEAL_OVERHEAD];
+        let mut cache = ReplayCache::new(Duration::from_secs(60), 3);
+        assert!(cache.first_sight(&datagram(1), start));
+        assert!(!cache.first_sight(&datagram(1), start + Duration::from_secs(59)));
+        // Once the window is over the nonce is forgotten (the honest limit of a cache).
+        assert!(cache.first_sight(&datagram(1), start + Duration::from_secs(61)));
+        let later = start + Duration::from_secs(70);
+        for n in 2..=4 {
+            assert!(cache.first_sight(&datagram(n), later));
+        }
+        // Capacity 3: 1 (the oldest) made room for 4; the others are still remembered.
+        assert_eq!(cache.seen.len(), 3);
+        assert!(cache.first_sight(&datagram(1), later));
+        assert!(!cache.first_sight(&datagram(4), later));
+        assert!(
+            !cache.first_sight(&[0u8; 3], later),
+            "too short to carry a nonce"
+        );
     }
 
     #[tokio::test]

@@ -62,6 +62,8 @@ pub struct MemberInfo {
     pub raft_pristine: Option<bool>,
     /// Whether it can serve its applications (false while, say, its upstream is down).
     pub ready: bool,
+    /// The token it proves itself with in the hop header of requests it proxies over HTTP.
+    pub hop_token: Option<crate::security::HopToken>,
 }
 
 impl MemberInfo {
@@ -88,6 +90,7 @@ impl MemberInfo {
             raft_id: None,
             raft_pristine: None,
             ready: false,
+            hop_token: None,
         }
     }
 

@@ -503,6 +503,11 @@ fn routing(out: &mut Out, context: &NodeContext) -> fmt::Result {
         "Attempts on a next member after the previous one failed.",
         routing.retries(),
     )?;
+    out.counter(
+        "proxy_untrusted_hop_headers_total",
+        "Hop headers removed (and the requests routed) because neither a hop channel nor a member's gossiped token vouched for them.",
+        routing.untrusted_hop_headers(),
+    )?;
     out.gauges(
         "proxy_requests_in_flight",
         "Requests this node is proxying to each member now.",

@@ -872,6 +872,7 @@ async fn serve_request(
     let request = match to_http_request(request, peer) {
         Ok(request) => request,
         Err(reason) => {
+            // Whoever can open a hop channel can send these at any rate: one line per 10 s.
             if let Some(held_back) = MALFORMED_LOG.allow() {
                 let reason = crate::security::escape_for_log(&reason.to_string());
                 warn!(peer = %peer, %reason, held_back, "malformed request on a hop channel");
@@ -973,8 +974,15 @@ fn to_http_request(request: HopRequest, peer: SocketAddr) -> Result<Request, Str
     *http.uri_mut() = uri;
     headers_from_wire(request.headers, http.headers_mut())?;
     http.extensions_mut().insert(ConnectInfo(peer));
+    http.extensions_mut().insert(ArrivedOverHopChannel);
     Ok(http)
 }
+
+/// Marks a request served from a hop channel: only a member (with a cluster key, one that proved it
+/// holds the key) opens those, so its hop header is honoured without a token. Extensions never
+/// come from the wire, so no client can set it.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivedOverHopChannel;
 
 #[cfg(test)]
 mod tests {

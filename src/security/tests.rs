@@ -553,3 +553,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hop_tokens_round_trip_match_only_themselves_and_never_display() {
+    let token = HopToken::generate().expect("random");
+    let wire = token.to_wire();
+    assert_eq!(wire.len(), 2 * HOP_TOKEN_BYTES);
+    assert_eq!(HopToken::from_wire(&wire), Some(token.clone()));
+    assert!(token.matches(&wire));
+    let other = HopToken::generate().expect("random");
+    assert_ne!(token, other);
+    assert!(!token.matches(&other.to_wire()));
+    for bad in [
+        "",
+        "1",
+        &wire[..31],
+        &format!("{wire}0"),
+        &wire.to_uppercase(),
+        "zz",
+    ] {
+        assert!(!token.matches(bad) || bad == wire, "{bad:?}");
+    }
+    for bad in ["", "xyz", &wire[1..], "é0000000000000000000000000000000"] {
+        assert_eq!(HopToken::from_wire(bad), None, "{bad:?}");
+    }
+    assert_eq!(format!("{token:?}"), "HopToken(..)");
+}

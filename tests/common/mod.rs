@@ -15,6 +15,12 @@ use serde_json::Value;
 /// The binary under test; `cargo test` builds it first.
 pub const BIN: &str = env!("CARGO_BIN_EXE_micro-tomcat");
 
+/// The program cluster nodes run: [`BIN`], or `MICRO_TOMCAT_TEST_BIN` when set (with a target dir
+/// shared between checkouts, `BIN` is whichever checkout linked it last).
+pub fn node_binary() -> PathBuf {
+    std::env::var_os("MICRO_TOMCAT_TEST_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
+
 /// Clusters compete for two cores: run one at a time or starvation fakes failures.
 pub fn cluster_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -165,7 +171,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
-            binary: PathBuf::from(BIN),
+            binary: node_binary(),
             _lock: lock,
         }
     }
