@@ -425,6 +425,7 @@ fn bad_secrets_stop_the_node_with_one_line() {
     // An admin token without a cluster key guards little (the peer port takes writes from anyone):
     // refused at start with one line naming both and the two ways out.
     let token = "0123456789abcdef-token";
+    write_config("");
     let (code, stderr) = run(&[("MICRO_TOMCAT_ADMIN_TOKEN", token)]);
     assert_eq!(code, Some(1), "{stderr}");
     one_line(&stderr);
