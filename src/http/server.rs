@@ -1,0 +1,559 @@
+//! The `--http` accept loop: every connection is bounded in count and in time.
+//!
+//! - Count: above `<http max-connections>` a new connection is accepted and closed at once (counted),
+//!   so the backlog never fills with clients nobody will serve.
+//! - Time: a connection must deliver each request head within `header-timeout-ms` (counted from the
+//!   accept, or from the first byte of a later request), and may wait at most `idle-timeout-ms` for
+//!   its next request. A request in progress (the handler runs or its response is being sent) and an
+//!   upgraded connection are not timed here.
+//! - Accept failures (out of file descriptors...) are counted, logged at most once per 10 s, backed
+//!   off, and make the node not ready for [`NOT_READY_AFTER_FAILURE`] ([`AcceptHealth`]).
+//!
+//! Why not hyper's `header_read_timeout`: hyper 1.12 starts that timer whenever it begins waiting for
+//! a head, which on a kept-alive connection is right after the previous response, so it would also
+//! close idle connections after `header-timeout-ms` and `idle-timeout-ms` could never be longer.
+//! The two phases are told apart here instead, by the first byte read while idle.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::StatusCode;
+use axum::response::Response;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use tracing::{debug, warn};
+
+use crate::config::HttpConfig;
+use crate::metrics::http::{AcceptError, ConnectionTimeout, CountedStream, HttpMetrics};
+use crate::security::LogThrottle;
+
+/// How long the node stays not ready after an accept failed for lack of file descriptors or memory:
+/// long enough that a balancer polling every second sees it, short enough to come back by itself.
+pub const NOT_READY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// Pause after an accept failure: the next accept would fail the same way at once (the pending
+/// connection stays in the backlog), so retrying without a pause would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+static ACCEPT_ERROR_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+
+/// Whether the port can accept connections, as last seen by the accept loop.
+#[derive(Debug)]
+pub struct AcceptHealth {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last failure for lack of resources, plus one; 0 for none.
+    last_exhaustion_ms: AtomicU64,
+    /// The last such failure in words.
+    last_error: Mutex<String>,
+}
+
+impl Default for AcceptHealth {
+    fn default() -> Self {
+        AcceptHealth {
+            epoch: Instant::now(),
+            last_exhaustion_ms: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl AcceptHealth {
+    fn exhausted(&self, err: &std::io::Error) {
+        let since = self.epoch.elapsed().as_millis() as u64 + 1;
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = err.to_string();
+        self.last_exhaustion_ms.store(since, Ordering::Relaxed);
+    }
+
+    /// `Err(reason)` while the last accept that failed for lack of resources is less than
+    /// [`NOT_READY_AFTER_FAILURE`] old.
+    pub fn check(&self) -> Result<(), String> {
+        let last = self.last_exhaustion_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Ok(());
+        }
+        let age = Duration::from_millis((self.epoch.elapsed().as_millis() as u64 + 1) - last);
+        if age >= NOT_READY_AFTER_FAILURE {
+            return Ok(());
+        }
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Err(format!(
+            "cannot accept HTTP connections: {error} ({} ms ago)",
+            age.as_millis()
+        ))
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets every connection finish its request in
+/// progress and returns once all are closed. `bounds` is read at each accept, so a reload applies to
+/// the connections that follow. Dropping the future closes every connection at once.
+pub async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    bounds: impl Fn() -> HttpConfig,
+    metrics: &'static HttpMetrics,
+    health: Arc<AcceptHealth>,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let connections = TaskTracker::new();
+    // Cancelled when this future ends or is dropped (the caller gave up on draining).
+    let force = CancellationToken::new();
+    let _force_on_drop = force.clone().drop_guard();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    // No hyper timer: the timeouts are ours (see the module comment), and with a timer hyper would
+    // also turn on its own 30 s default header timeout.
+    http1.header_read_timeout(None);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                let kind = AcceptError::of(&err);
+                metrics.accept_failed(kind);
+                if let Some(held_back) = ACCEPT_ERROR_LOG.allow() {
+                    warn!(
+                        error = %err,
+                        kind = kind.as_str(),
+                        held_back,
+                        "cannot accept an HTTP connection; {held_back} more failures since the last line"
+                    );
+                }
+                if kind.is_exhaustion() {
+                    health.exhausted(&err);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+                // Any other failure is one client's (it left before the accept): the next accept
+                // is another connection, so no pause.
+                continue;
+            }
+        };
+        let bounds = bounds();
+        if metrics.connections_open() >= bounds.max_connections as u64 {
+            // Closed at once, not left in the backlog: the client learns now, and the kernel's
+            // queue stays free for when connections are released.
+            metrics.refused_connection();
+            drop(stream);
+            continue;
+        }
+        // Responses are small writes answered by a read; Nagle would hold each for the peer's ACK.
+        let _ = stream.set_nodelay(true);
+        let clock = Arc::new(ConnectionClock::new(&bounds));
+        let io = BoundedStream {
+            inner: metrics.count_connection(stream),
+            clock: clock.clone(),
+            timer: None,
+            metrics,
+        };
+        let service = TowerToHyperService::new(ConnectionService {
+            app: app.clone(),
+            remote,
+            clock,
+        });
+        let connection = http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let drain = shutdown.clone();
+        let force = force.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        debug!(%remote, error = %err, "HTTP connection ended with an error");
+                    }
+                }
+                _ = drain.cancelled() => {
+                    // Finishes the request in progress, then closes; an idle connection closes now.
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = force.cancelled() => {}
+                    }
+                }
+                _ = force.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// What a connection is doing, packed with the time it started doing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head = 0,
+    /// A request is being handled or its response sent.
+    Request = 1,
+    /// Kept alive, waiting for the first byte of the next request.
+    Idle = 2,
+    /// Handed over to an upgrade (WebSocket): its handler bounds it.
+    Upgraded = 3,
+}
+
+/// The phase of one connection and since when, shared by its stream (which enforces the deadline on
+/// each read that would wait) and its service (which sees requests start and responses end).
+#[derive(Debug)]
+struct ConnectionClock {
+    started: Instant,
+    /// `milliseconds since started << 2 | phase`, one atomic so that a phase and its start always
+    /// agree.
+    state: AtomicU64,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnectionClock {
+    fn new(bounds: &HttpConfig) -> ConnectionClock {
+        ConnectionClock {
+            started: Instant::now(),
+            state: AtomicU64::new(Phase::Head as u64),
+            header_timeout: bounds.header_timeout,
+            idle_timeout: bounds.idle_timeout,
+        }
+    }
+
+    fn pack(&self, phase: Phase) -> u64 {
+        (self.started.elapsed().as_millis() as u64) << 2 | phase as u64
+    }
+
+    fn phase(state: u64) -> Phase {
+        match state & 3 {
+            0 => Phase::Head,
+            1 => Phase::Request,
+            2 => Phase::Idle,
+            _ => Phase::Upgraded,
+        }
+    }
+
+    /// Moves to `to` only from `from`, so that a late event cannot undo a later phase.
+    fn shift(&self, from: Phase, to: Phase) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
+                (Self::phase(state) == from).then(|| self.pack(to))
+            });
+    }
+
+    fn request_started(&self) {
+        // From `Head`, or from `Idle` when a pipelined request was already buffered.
+        self.shift(Phase::Head, Phase::Request);
+        self.shift(Phase::Idle, Phase::Request);
+    }
+
+    fn request_finished(&self) {
+        self.shift(Phase::Request, Phase::Idle);
+    }
+
+    fn upgraded(&self) {
+        self.state
+            .store(self.pack(Phase::Upgraded), Ordering::Relaxed);
+    }
+
+    fn bytes_arrived(&self) {
+        self.shift(Phase::Idle, Phase::Head);
+    }
+
+    /// When the current phase must end, and which bound that is.
+    fn deadline(&self) -> Option<(Instant, ConnectionTimeout)> {
+        let state = self.state.load(Ordering::Relaxed);
+        let since = self.started + Duration::from_millis(state >> 2);
+        match Self::phase(state) {
+            Phase::Head => Some((since + self.header_timeout, ConnectionTimeout::Header)),
+            Phase::Idle => Some((since + self.idle_timeout, ConnectionTimeout::Idle)),
+            Phase::Request | Phase::Upgraded => None,
+        }
+    }
+}
+
+/// The connection's socket: counted open (for the metric and `max-connections`) and failing a read
+/// that would wait past the phase's deadline, which ends the connection.
+struct BoundedStream {
+    inner: CountedStream,
+    clock: Arc<ConnectionClock>,
+    /// Allocated on the first wait; reset rather than re-created.
+    timer: Option<Pin<Box<Sleep>>>,
+    metrics: &'static HttpMetrics,
+}
+
+impl AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.clock.bytes_arrived();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                let Some((deadline, bound)) = self.clock.deadline() else {
+                    return Poll::Pending;
+                };
+                let timer = match &mut self.timer {
+                    Some(timer) => {
+                        if timer.deadline() != deadline {
+                            timer.as_mut().reset(deadline);
+                        }
+                        timer
+                    }
+                    empty => empty.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        self.metrics.connection_timed_out(bound);
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no {} in time", bound.as_str()),
+                        )))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The application as one connection sees it: `ConnectInfo` set on every request, and the clock
+/// told when a request starts and when its response has been sent.
+#[derive(Clone)]
+struct ConnectionService<S> {
+    app: S,
+    remote: SocketAddr,
+    clock: Arc<ConnectionClock>,
+}
+
+impl<S> Service<axum::http::Request<Incoming>> for ConnectionService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = axum::http::Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = ConnectionFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.app.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<Incoming>) -> Self::Future {
+        self.clock.request_started();
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(self.remote));
+        ConnectionFuture {
+            inner: self.app.call(request),
+            request: Some(RequestInProgress(self.clock.clone())),
+        }
+    }
+}
+
+/// Ends the clock's `Request` phase when dropped: with the response body once it has been sent, or
+/// with the handler's future if the connection ends first.
+struct RequestInProgress(Arc<ConnectionClock>);
+
+impl Drop for RequestInProgress {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ConnectionService`].
+    struct ConnectionFuture<F> {
+        #[pin]
+        inner: F,
+        request: Option<RequestInProgress>,
+    }
+}
+
+impl<F> Future for ConnectionFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<axum::http::Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(request) = this.request.as_ref()
+        {
+            request.0.upgraded();
+        }
+        let request = this.request.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody {
+            inner,
+            _request: request,
+        })))
+    }
+}
+
+/// A response body that keeps its request in progress until hyper is done with it.
+struct TrackedBody {
+    inner: Body,
+    _request: Option<RequestInProgress>,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> ConnectionClock {
+        ConnectionClock::new(&HttpConfig {
+            max_connections: 1,
+            header_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(2_000),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_pick_the_deadline_and_late_events_do_not_undo_them() {
+        let clock = clock();
+        let start = clock.started;
+        // A new connection must send its first head within the header timeout.
+        assert_eq!(
+            clock.deadline(),
+            Some((
+                start + Duration::from_millis(500),
+                ConnectionTimeout::Header
+            ))
+        );
+        clock.bytes_arrived();
+        assert_eq!(
+            clock.deadline().map(|(at, _)| at),
+            Some(start + Duration::from_millis(500)),
+            "bytes of the first head do not extend it"
+        );
+        clock.request_started();
+        assert_eq!(clock.deadline(), None);
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        clock.request_finished();
+        assert_eq!(
+            clock.deadline(),
+            Some((
+                start + Duration::from_millis(3_000),
+                ConnectionTimeout::Idle
+            ))
+        );
+        tokio::time::advance(Duration::from_millis(700)).await;
+        clock.bytes_arrived();
+        assert_eq!(
+            clock.deadline(),
+            Some((
+                start + Duration::from_millis(2_200),
+                ConnectionTimeout::Header
+            ))
+        );
+        clock.request_started();
+        clock.upgraded();
+        clock.request_finished();
+        assert_eq!(
+            clock.deadline(),
+            None,
+            "an upgraded connection stays untimed"
+        );
+    }
+
+    #[test]
+    fn accept_health_turns_bad_on_exhaustion_only_for_a_while() {
+        let health = AcceptHealth::default();
+        assert_eq!(health.check(), Ok(()));
+        health.exhausted(&std::io::Error::from_raw_os_error(libc::EMFILE));
+        let reason = health.check().expect_err("not ready right after");
+        assert!(
+            reason.starts_with("cannot accept HTTP connections: Too many open files"),
+            "{reason}"
+        );
+        assert_eq!(
+            AcceptError::of(&std::io::Error::from_raw_os_error(libc::ENFILE)),
+            AcceptError::FileDescriptors
+        );
+        assert!(
+            !AcceptError::of(&std::io::Error::from_raw_os_error(libc::ECONNABORTED))
+                .is_exhaustion()
+        );
+    }
+}
