@@ -26,6 +26,7 @@ use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::response::Response;
+use futures_util::task::AtomicWaker;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -230,6 +231,10 @@ struct ConnectionClock {
     state: AtomicU64,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// The connection's task, as of its last read that waited. Woken when a request
+    /// ends: hyper goes idle without reading again (its last read was during the request), so
+    /// without this the idle deadline would not be armed until the client sent something.
+    reader: AtomicWaker,
 }
 
 impl ConnectionClock {
@@ -239,6 +244,7 @@ impl ConnectionClock {
             state: AtomicU64::new(Phase::Head as u64),
             header_timeout: bounds.header_timeout,
             idle_timeout: bounds.idle_timeout,
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -255,23 +261,25 @@ impl ConnectionClock {
         }
     }
 
-    /// Moves to `to` only from `from`, so that a late event cannot undo a later phase.
-    fn shift(&self, from: Phase, to: Phase) {
-        let _ = self
-            .state
+    /// Moves to `to` only from `from`, so that a late event cannot undo a later phase; whether it
+    /// moved.
+    fn shift(&self, from: Phase, to: Phase) -> bool {
+        self.state
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
                 (Self::phase(state) == from).then(|| self.pack(to))
-            });
+            })
+            .is_ok()
     }
 
     fn request_started(&self) {
         // From `Head`, or from `Idle` when a pipelined request was already buffered.
-        self.shift(Phase::Head, Phase::Request);
-        self.shift(Phase::Idle, Phase::Request);
+        let _ = self.shift(Phase::Head, Phase::Request) || self.shift(Phase::Idle, Phase::Request);
     }
 
     fn request_finished(&self) {
-        self.shift(Phase::Request, Phase::Idle);
+        if self.shift(Phase::Request, Phase::Idle) {
+            self.reader.wake();
+        }
     }
 
     fn upgraded(&self) {
@@ -280,7 +288,7 @@ impl ConnectionClock {
     }
 
     fn bytes_arrived(&self) {
-        self.shift(Phase::Idle, Phase::Head);
+        let _ = self.shift(Phase::Idle, Phase::Head);
     }
 
     /// When the current phase must end, and which bound that is.
@@ -321,6 +329,7 @@ impl AsyncRead for BoundedStream {
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
+                self.clock.reader.register(cx.waker());
                 let Some((deadline, bound)) = self.clock.deadline() else {
                     return Poll::Pending;
                 };
