@@ -141,7 +141,7 @@ pub async fn serve<S>(
                         error = %err,
                         kind = kind.as_str(),
                         held_back,
-                        "cannot accept an HTTP connection; {held_back} more failures since the last line"
+                        "cannot accept an HTTP connection ({held_back} more failures since the last such line)"
                     );
                 }
                 if kind.is_exhaustion() {
