@@ -348,3 +348,38 @@ async fn a_node_out_of_file_descriptors_is_not_ready_until_it_accepts_again() {
     .await;
     assert_eq!(status["state"], "up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_bounds_the_connections_accepted_after_it() {
+    let cluster = node(r#"header-timeout-ms="10000""#).await;
+    // Accepted before the reload: keeps the 10 s it was accepted with.
+    let mut before = connect(&cluster).await;
+    before
+        .write_all(b"GET /ping HTTP/1.1\r\n")
+        .await
+        .expect("half a head");
+    cluster.rewrite_config(r#"header-timeout-ms="10000""#, r#"header-timeout-ms="500""#);
+    let (status, answer) = cluster.reload("node-1").await;
+    assert_eq!(status, 200, "{answer}");
+    let changes = answer["changes"].as_str().unwrap_or_default();
+    assert!(
+        changes.contains("http header timeout 10000 ms -> 500 ms"),
+        "{changes}"
+    );
+    let mut after = connect(&cluster).await;
+    after
+        .write_all(b"GET /ping HTTP/1.1\r\n")
+        .await
+        .expect("half a head");
+    closed_within(
+        &mut after,
+        Duration::from_secs(3),
+        "the connection after the reload",
+    )
+    .await;
+    let mut chunk = [0u8; 16];
+    match before.try_read(&mut chunk) {
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the connection from before the reload ended early: {other:?}"),
+    }
+}
