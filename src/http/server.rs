@@ -546,6 +546,151 @@ mod tests {
         );
     }
 
+    use axum::Router;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Serves `router` with short timeouts on a free port: the address, the shutdown token and the
+    /// server's task.
+    async fn start(router: Router) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let metrics: &'static HttpMetrics = Box::leak(Box::default());
+        let bounds = || HttpConfig {
+            max_connections: 100,
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            bounds,
+            metrics,
+            Arc::new(AcceptHealth::default()),
+            shutdown.clone(),
+        ));
+        (addr, shutdown, server)
+    }
+
+    /// Reads one response with a `content-length` body; `None` at EOF.
+    async fn response(stream: &mut TcpStream) -> Option<String> {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let text = String::from_utf8_lossy(&buffer).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return Some(text);
+                }
+            }
+            let read = stream.read(&mut chunk).await.ok()?;
+            if read == 0 {
+                return None;
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_and_a_drain_finishes_the_request_in_progress() {
+        let router = Router::new()
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    "done"
+                }),
+            );
+        let (addr, shutdown, server) = start(router).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let me = client.local_addr().expect("local address").to_string();
+        client
+            .write_all(b"GET /peer HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = response(&mut client).await.expect("answer");
+        assert!(answer.ends_with(&me), "{answer}");
+        // Kept alive: the slow request goes on the same connection, and is in progress (longer
+        // than the idle timeout) when the drain starts.
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        let answer = response(&mut client)
+            .await
+            .expect("the request in progress finishes");
+        assert!(answer.ends_with("done"), "{answer}");
+        assert_eq!(response(&mut client).await, None, "closed after it");
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("the server ends once drained")
+            .expect("server task");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no new connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_is_not_timed() {
+        let router = Router::new().route(
+            "/echo",
+            get(|mut request: Request| async move {
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        let mut io = TokioIo::new(upgraded);
+                        let mut chunk = [0u8; 64];
+                        while let Ok(read) = io.read(&mut chunk).await {
+                            if read == 0 || io.write_all(&chunk[..read]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "echo")
+                    .body(Body::empty())
+                    .unwrap_or_default()
+            }),
+        );
+        let (addr, shutdown, _server) = start(router).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(
+                b"GET /echo HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let answer = response(&mut client).await.expect("101");
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        // Past both timeouts (300 ms), then half a line: an HTTP connection would be closed by now.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        client.write_all(b"still here").await.expect("write");
+        let mut echoed = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut echoed))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(&echoed, b"still here");
+        shutdown.cancel();
+    }
+
     #[test]
     fn accept_health_turns_bad_on_exhaustion_only_for_a_while() {
         let health = AcceptHealth::default();
