@@ -82,17 +82,10 @@ async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
 async fn closed_within(stream: &mut TcpStream, within: Duration, what: &str) -> Duration {
     let started = Instant::now();
     let mut chunk = [0u8; 1024];
-    loop {
-        match tokio::time::timeout_at(
-            tokio::time::Instant::from_std(started + within),
-            stream.read(&mut chunk),
-        )
-        .await
-        {
-            Err(_) => panic!("{what}: still open after {within:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => panic!("{what}: the server sent data instead of closing"),
-        }
+    match tokio::time::timeout(within, stream.read(&mut chunk)).await {
+        Err(_) => panic!("{what}: still open after {within:?}"),
+        Ok(Ok(0)) | Ok(Err(_)) => started.elapsed(),
+        Ok(Ok(_)) => panic!("{what}: the server sent data instead of closing"),
     }
 }
 
