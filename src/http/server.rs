@@ -6,8 +6,9 @@
 //!   accept, or from the first byte of a later request), and may wait at most `idle-timeout-ms` for
 //!   its next request. A request in progress (the handler runs or its response is being sent) and an
 //!   upgraded connection are not timed here.
-//! - Accept failures (out of file descriptors...) are counted, logged at most once per 10 s, backed
-//!   off, and make the node not ready for [`NOT_READY_AFTER_FAILURE`] ([`AcceptHealth`]).
+//! - Accept failures are counted and logged at most once per 10 s. Those of the port itself (out of
+//!   file descriptors or memory, or unknown) are backed off and make the node not ready for
+//!   [`NOT_READY_AFTER_FAILURE`] ([`AcceptHealth`]); those of one client's connection are not.
 //!
 //! Why not hyper's `header_read_timeout`: hyper 1.12 starts that timer whenever it begins waiting for
 //! a head, which on a kept-alive connection is right after the previous response, so it would also
@@ -42,7 +43,8 @@ use crate::config::HttpConfig;
 use crate::metrics::http::{AcceptError, ConnectionTimeout, CountedStream, HttpMetrics};
 use crate::security::LogThrottle;
 
-/// How long the node stays not ready after an accept failed for lack of file descriptors or memory:
+/// How long the node stays not ready after an accept failed for lack of file descriptors or memory
+/// (or for a reason we do not know):
 /// long enough that a balancer polling every second sees it, short enough to come back by itself.
 pub const NOT_READY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// Pause after an accept failure: the next accept would fail the same way at once (the pending
@@ -151,8 +153,8 @@ pub async fn serve<S>(
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     }
                 }
-                // Any other failure is one client's (it left before the accept): the next accept
-                // is another connection, so no pause.
+                // A failure of one client's connection (it left before the accept): the next
+                // accept is another connection, so no pause.
                 continue;
             }
         };
@@ -709,5 +711,6 @@ mod tests {
             !AcceptError::of(&std::io::Error::from_raw_os_error(libc::ECONNABORTED))
                 .is_exhaustion()
         );
+        assert!(AcceptError::of(&std::io::Error::from_raw_os_error(libc::EINVAL)).is_exhaustion());
     }
 }

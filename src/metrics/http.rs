@@ -302,15 +302,19 @@ pub enum AcceptError {
     FileDescriptors,
     /// The kernel is out of memory for sockets (`ENOBUFS`, `ENOMEM`).
     Memory,
-    /// Anything else, mostly a client that left before it was accepted (`ECONNABORTED`).
+    /// One client's connection failed before it was accepted (`ECONNABORTED`, `ECONNRESET`,
+    /// `EPROTO`, `EPERM` from a firewall): the next accept is another connection.
+    Connection,
+    /// Anything else: unknown, so taken as the port being unable to accept.
     Other,
 }
 
 impl AcceptError {
     /// Every kind, in label order.
-    pub const ALL: [AcceptError; 3] = [
+    pub const ALL: [AcceptError; 4] = [
         AcceptError::FileDescriptors,
         AcceptError::Memory,
+        AcceptError::Connection,
         AcceptError::Other,
     ];
 
@@ -319,14 +323,17 @@ impl AcceptError {
         match err.raw_os_error() {
             Some(libc::EMFILE | libc::ENFILE) => AcceptError::FileDescriptors,
             Some(libc::ENOBUFS | libc::ENOMEM) => AcceptError::Memory,
+            Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EPERM) => {
+                AcceptError::Connection
+            }
             _ => AcceptError::Other,
         }
     }
 
-    /// Whether the node itself lacks something (it cannot serve anyone), rather than one client
-    /// having failed.
+    /// Whether the port itself cannot accept (it would fail the next client too), rather than one
+    /// client's connection having failed.
     pub fn is_exhaustion(self) -> bool {
-        !matches!(self, AcceptError::Other)
+        !matches!(self, AcceptError::Connection)
     }
 
     /// The label value.
@@ -334,6 +341,7 @@ impl AcceptError {
         match self {
             AcceptError::FileDescriptors => "file_descriptors",
             AcceptError::Memory => "memory",
+            AcceptError::Connection => "connection",
             AcceptError::Other => "other",
         }
     }

@@ -315,7 +315,7 @@ fn http_figures(out: &mut Out, http: &HttpMetrics) -> fmt::Result {
     )?;
     out.counters(
         "http_accept_errors",
-        "Failed accepts on the --http port, by kind (file_descriptors, memory, other).",
+        "Failed accepts on the --http port, by kind (file_descriptors, memory, connection, other).",
         AcceptError::ALL
             .into_iter()
             .map(|kind| (labels([("kind", kind.as_str())]), http.accept_errors(kind)))
