@@ -6,7 +6,9 @@
 #
 # Each run: a fresh single-node cluster on free loopback ports, /readyz 200, a 2 s unmeasured warm-up, then
 # wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency with benches/wrk/get.lua (keep-alive, no cookie: the
-# demo app answers without touching sessions). Prints one line per run and the medians of each binary.
+# demo app answers without touching sessions). Prints one line per run (label, requests/s, p50 ms, p99 ms,
+# node CPU µs per request from /proc/PID/stat) and the medians of each binary; CPU per request is the
+# figure least moved by other work on the machine.
 # Knobs: DURATION=10s ROUNDS=3 CONNECTIONS=50 THREADS=2. Every node started is stopped on exit.
 set -euo pipefail
 
@@ -27,6 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of the node
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run_one() { # bin label -> prints "label rps p50 p99"
@@ -44,15 +48,18 @@ EOF
     sleep 0.1
   done
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$root/benches/wrk/get.lua" "http://127.0.0.1:$http/app/hello" > /dev/null
-  local line
+  local line cpu_before cpu_after
+  cpu_before=$(cpu_ticks "$pid")
   line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$root/benches/wrk/get.lua" \
     "http://127.0.0.1:$http/app/hello" | grep '^WRKJSON')
+  cpu_after=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-  python3 - "$label" "$line" <<'EOF'
+  python3 - "$label" "$line" "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 d = json.loads(sys.argv[2].split(" ", 1)[1])
 assert d["failed"] == 0, d
-print(sys.argv[1], round(d["rps"]), d["p50_ms"], d["p99_ms"])
+cpu_us = int(sys.argv[3]) / int(sys.argv[4]) * 1e6 / d["requests"]
+print(sys.argv[1], round(d["rps"]), d["p50_ms"], d["p99_ms"], round(cpu_us, 2))
 EOF
 }
 
@@ -69,7 +76,9 @@ rows = [line.split() for line in open(sys.argv[1])]
 med = {}
 for label in ("old", "new"):
     mine = [r for r in rows if r[0] == label]
-    med[label] = (statistics.median(float(r[1]) for r in mine), statistics.median(float(r[3]) for r in mine))
-    print(f"{label}: median {med[label][0]:.0f} req/s, median p99 {med[label][1]:.3f} ms")
-print(f"new/old: throughput {med['new'][0] / med['old'][0]:.3f}, p99 {med['new'][1] / med['old'][1]:.3f}")
+    med[label] = [statistics.median(float(r[i]) for r in mine) for i in (1, 3, 4)]
+    print(f"{label}: median {med[label][0]:.0f} req/s, median p99 {med[label][1]:.3f} ms, "
+          f"median {med[label][2]:.2f} µs CPU per request")
+new, old = med["new"], med["old"]
+print(f"new/old: throughput {new[0] / old[0]:.3f}, p99 {new[1] / old[1]:.3f}, CPU per request {new[2] / old[2]:.3f}")
 EOF
