@@ -165,7 +165,11 @@ impl Cluster {
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
-            binary: PathBuf::from(BIN),
+            // Worktrees that share a target dir overwrite each other's `target/debug/micro-tomcat`;
+            // MICRO_TOMCAT_TEST_BIN names a private copy of the binary to test instead.
+            binary: std::env::var_os("MICRO_TOMCAT_TEST_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(BIN)),
             _lock: lock,
         }
     }
