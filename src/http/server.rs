@@ -20,14 +20,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::task::AtomicWaker;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -172,7 +171,6 @@ pub async fn serve<S>(
         let io = BoundedStream {
             inner: metrics.count_connection(stream),
             clock: clock.clone(),
-            timer: None,
             metrics,
         };
         let service = TowerToHyperService::new(ConnectionService {
@@ -233,10 +231,43 @@ struct ConnectionClock {
     state: AtomicU64,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// The connection's task, as of its last read that waited. Woken when a request
-    /// ends: hyper goes idle without reading again (its last read was during the request), so
-    /// without this the idle deadline would not be armed until the client sent something.
-    reader: AtomicWaker,
+    /// The deadline's timer and the connection task's waker. Only that task touches it (its reads,
+    /// and hyper dropping a response body), so the lock is never contended.
+    timer: Mutex<Timer>,
+}
+
+/// The timer of one connection, allocated on its first wait and reset rather than re-created.
+#[derive(Debug, Default)]
+struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The task, as of its last read that waited.
+    waker: Option<Waker>,
+}
+
+impl Timer {
+    /// Polls the timer set to `deadline` on behalf of `waker`'s task.
+    fn poll(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            empty => empty.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        sleep.as_mut().poll(cx)
+    }
+
+    fn remember(&mut self, waker: &Waker) {
+        if !self
+            .waker
+            .as_ref()
+            .is_some_and(|known| known.will_wake(waker))
+        {
+            self.waker = Some(waker.clone());
+        }
+    }
 }
 
 impl ConnectionClock {
@@ -246,7 +277,7 @@ impl ConnectionClock {
             state: AtomicU64::new(Phase::Head as u64),
             header_timeout: bounds.header_timeout,
             idle_timeout: bounds.idle_timeout,
-            reader: AtomicWaker::new(),
+            timer: Mutex::new(Timer::default()),
         }
     }
 
@@ -278,9 +309,41 @@ impl ConnectionClock {
         let _ = self.shift(Phase::Head, Phase::Request) || self.shift(Phase::Idle, Phase::Request);
     }
 
-    fn request_finished(&self) {
-        if self.shift(Phase::Request, Phase::Idle) {
-            self.reader.wake();
+    /// Ends the request: the idle deadline starts. hyper goes idle without reading again (its last
+    /// read, during the request, found nothing), so the timer must be armed here, not by the next
+    /// read, which may not come until the client sends something. With `cx` (the body's last frame
+    /// was just taken, on the connection's task) the timer is armed directly; without (the body is
+    /// dropped, possibly while the runtime shuts down, where a timer must not be polled) the task is
+    /// woken to read again, at the cost of one more poll.
+    fn request_finished(&self, cx: Option<&mut Context<'_>>) {
+        if !self.shift(Phase::Request, Phase::Idle) {
+            return;
+        }
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        match (cx, self.deadline()) {
+            (Some(cx), Some((deadline, _))) => {
+                timer.remember(cx.waker());
+                if timer.poll(deadline, cx).is_ready() {
+                    // Already due: the next read reports it.
+                    cx.waker().wake_by_ref();
+                }
+            }
+            _ => {
+                if let Some(waker) = &timer.waker {
+                    waker.wake_by_ref();
+                }
+            }
+        }
+    }
+
+    /// Waits for the current phase's deadline on behalf of `cx`'s task: `Ready` with the bound
+    /// once it has passed.
+    fn poll_deadline(&self, cx: &mut Context<'_>) -> Poll<ConnectionTimeout> {
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        timer.remember(cx.waker());
+        match self.deadline() {
+            None => Poll::Pending,
+            Some((deadline, bound)) => timer.poll(deadline, cx).map(|()| bound),
         }
     }
 
@@ -310,8 +373,6 @@ impl ConnectionClock {
 struct BoundedStream {
     inner: CountedStream,
     clock: Arc<ConnectionClock>,
-    /// Allocated on the first wait; reset rather than re-created.
-    timer: Option<Pin<Box<Sleep>>>,
     metrics: &'static HttpMetrics,
 }
 
@@ -330,31 +391,16 @@ impl AsyncRead for BoundedStream {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => {
-                self.clock.reader.register(cx.waker());
-                let Some((deadline, bound)) = self.clock.deadline() else {
-                    return Poll::Pending;
-                };
-                let timer = match &mut self.timer {
-                    Some(timer) => {
-                        if timer.deadline() != deadline {
-                            timer.as_mut().reset(deadline);
-                        }
-                        timer
-                    }
-                    empty => empty.insert(Box::pin(tokio::time::sleep_until(deadline))),
-                };
-                match timer.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => {
-                        self.metrics.connection_timed_out(bound);
-                        Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no {} in time", bound.as_str()),
-                        )))
-                    }
+            Poll::Pending => match self.clock.poll_deadline(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(bound) => {
+                    self.metrics.connection_timed_out(bound);
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no {} in time", bound.as_str()),
+                    )))
                 }
-            }
+            },
         }
     }
 }
@@ -427,7 +473,7 @@ struct RequestInProgress(Arc<ConnectionClock>);
 
 impl Drop for RequestInProgress {
     fn drop(&mut self) {
-        self.0.request_finished();
+        self.0.request_finished(None);
     }
 }
 
@@ -455,17 +501,14 @@ where
             request.0.upgraded();
         }
         let request = this.request.take();
-        Poll::Ready(Ok(response.map(|inner| TrackedBody {
-            inner,
-            _request: request,
-        })))
+        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, request })))
     }
 }
 
 /// A response body that keeps its request in progress until hyper is done with it.
 struct TrackedBody {
     inner: Body,
-    _request: Option<RequestInProgress>,
+    request: Option<RequestInProgress>,
 }
 
 impl HttpBody for TrackedBody {
@@ -476,7 +519,14 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        // The last frame: hyper writes it and goes idle without polling again.
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            if let Some(request) = self.request.take() {
+                request.0.request_finished(Some(cx));
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -521,7 +571,7 @@ mod tests {
         clock.request_started();
         assert_eq!(clock.deadline(), None);
         tokio::time::advance(Duration::from_millis(1_000)).await;
-        clock.request_finished();
+        clock.request_finished(None);
         assert_eq!(
             clock.deadline(),
             Some((
@@ -540,7 +590,7 @@ mod tests {
         );
         clock.request_started();
         clock.upgraded();
-        clock.request_finished();
+        clock.request_finished(None);
         assert_eq!(
             clock.deadline(),
             None,
