@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-// `into_make_service_with_connect_info` for the measured router.
-use axum::ServiceExt;
 use axum::http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +16,11 @@ use crate::apps::upstream::Upstream;
 use crate::config::NodeConfig;
 use crate::events::EventLog;
 use crate::http;
+use crate::http::server::AcceptHealth;
 use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsStatus};
 use crate::membership::{MemberState, Membership, MembershipError};
 use crate::metrics::Metrics;
-use crate::metrics::http::{CountingListener, Measured};
+use crate::metrics::http::Measured;
 use crate::raft::replica::{Replica, ReplicaError};
 use crate::routing::{Routing, route};
 use crate::session::ClusterStore;
@@ -83,6 +82,7 @@ struct ContextInner {
     closing: CancellationToken,
     metrics: Arc<Metrics>,
     live: Arc<crate::reload::LiveSettings>,
+    accept: Arc<AcceptHealth>,
 }
 
 impl NodeContext {
@@ -124,6 +124,11 @@ impl NodeContext {
     /// This node's metrics (request figures, alerting counters).
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Whether the HTTP port can accept connections.
+    pub fn accept_health(&self) -> &AcceptHealth {
+        &self.inner.accept
     }
 
     /// Cancelled when the node stops serving HTTP: long-lived responses (event streams) end then, so
@@ -200,6 +205,7 @@ impl NodeContext {
 
     /// `Ok` when this node has joined gossip, Raft has a leader, and this node applied its log.
     pub fn readiness(&self) -> Result<(), String> {
+        self.accept_health().check()?;
         let view = self.membership().view();
         let alone = self.config().seeds.is_empty();
         let others_up = view
@@ -343,6 +349,30 @@ async fn publish_load(context: NodeContext, stop: CancellationToken) {
         if last != Some(load) {
             context.membership().set_load(load).await;
             last = Some(load);
+        }
+    }
+}
+
+/// How often the accept loop's health is turned into gossip readiness.
+const ACCEPTING_EVERY: Duration = Duration::from_millis(250);
+
+/// Publishes in gossip whether the HTTP port accepts connections (with one log line per change), so
+/// that members route around a node out of file descriptors and back to it once it recovers.
+async fn publish_accepting(context: NodeContext, stop: CancellationToken) {
+    let mut published = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ACCEPTING_EVERY) => {}
+        }
+        let health = context.accept_health().check();
+        if health.is_ok() != published {
+            published = health.is_ok();
+            match health {
+                Ok(()) => info!("HTTP connections accepted again; ready"),
+                Err(why) => warn!("not ready, routing elsewhere: {why}"),
+            }
+            context.membership().set_accepting(published).await;
         }
     }
 }
@@ -557,6 +587,7 @@ async fn serve(
                 config.cluster.clone(),
                 log,
             )),
+            accept: Arc::new(AcceptHealth::default()),
             config,
         }),
     };
@@ -590,20 +621,20 @@ async fn serve(
     let leaving = stop.child_token();
     crate::alerts::start(context.clone(), &tasks, leaving.clone());
     crate::backup::start(context.clone(), &tasks, leaving.clone());
-    // Counted for `micro_tomcat_http_connections_open`. `tap_io` adds nothing but lets axum's
-    // `ConnectInfo<SocketAddr>` work with a listener other than a bare `TcpListener`.
-    let http_listener = axum::serve::ListenerExt::tap_io(
-        CountingListener::new(http_listener, context.metrics().http()),
-        |_| {},
-    );
+    tasks.spawn(publish_accepting(context.clone(), stop.clone()));
     let mut server = {
         let http_stop = http_stop.clone();
-        tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        })
+        let bounds_context = context.clone();
+        let metrics = context.metrics().http();
+        let health = context.inner.accept.clone();
+        tokio::spawn(http::server::serve(
+            http_listener,
+            app,
+            move || bounds_context.live().cluster.load().http.clone(),
+            metrics,
+            health,
+            http_stop,
+        ))
     };
     info!(node = %name, "serving HTTP on {http_addr}");
 
@@ -618,8 +649,7 @@ async fn serve(
         tasks.close();
         tasks.wait().await;
         let source = match result {
-            Ok(Ok(())) => std::io::Error::other("HTTP server stopped unexpectedly"),
-            Ok(Err(err)) => err,
+            Ok(()) => std::io::Error::other("HTTP server stopped unexpectedly"),
             Err(join) => std::io::Error::other(join.to_string()),
         };
         return Err(NodeError::Http {
@@ -641,8 +671,7 @@ async fn serve(
     hop.close();
     let drain_started = tokio::time::Instant::now();
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => warn!(node = %name, error = %err, "HTTP server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(join)) => warn!(node = %name, error = %join, "HTTP server task failed"),
         Err(_) => {
             warn!(node = %name, "in-flight requests not finished after {DRAIN_TIMEOUT:?}; closing them");

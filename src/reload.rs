@@ -3,7 +3,8 @@
 //!
 //! Live: `<balancer>` (strategy, key, retries, proxy timeouts, through `Routing::apply`), the session
 //! TTL, `<logging level>`, and the parts that read `LiveSettings::cluster` at each use: `<alerts>` (the
-//! evaluator, every interval) and `<backup>` (the periodic writer, every second).
+//! evaluator, every interval), `<backup>` (the periodic writer, every second) and `<http>` (the accept
+//! loop, at each accept: connections already open keep the timeouts they were accepted with).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
-use crate::config::{AlertCondition, AlertRule, AlertsConfig, BackupConfig, ClusterConfig};
+use crate::config::{
+    AlertCondition, AlertRule, AlertsConfig, BackupConfig, ClusterConfig, HttpConfig,
+};
 use crate::events::EventKind;
 use crate::node::NodeContext;
 
@@ -102,6 +105,7 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
             old.logging.level, new.logging.level
         ));
     }
+    applied.extend(compare_http(&old.http, &new.http));
     applied.extend(compare_alerts(old.alerts.as_ref(), new.alerts.as_ref()));
     if old.backup != new.backup {
         applied.push(format!(
@@ -142,6 +146,32 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
         restart.push("<balancer transport>");
     }
     (applied, restart)
+}
+
+/// The `<http>` bounds that changed, one phrase each.
+fn compare_http(old: &HttpConfig, new: &HttpConfig) -> Vec<String> {
+    let mut changes = Vec::new();
+    if old.max_connections != new.max_connections {
+        changes.push(format!(
+            "http max connections {} -> {}",
+            old.max_connections, new.max_connections
+        ));
+    }
+    if old.header_timeout != new.header_timeout {
+        changes.push(format!(
+            "http header timeout {} ms -> {} ms",
+            old.header_timeout.as_millis(),
+            new.header_timeout.as_millis()
+        ));
+    }
+    if old.idle_timeout != new.idle_timeout {
+        changes.push(format!(
+            "http idle timeout {} ms -> {} ms",
+            old.idle_timeout.as_millis(),
+            new.idle_timeout.as_millis()
+        ));
+    }
+    changes
 }
 
 /// `every 3600s, keep 24, in /var/backups` or `off`.
@@ -375,6 +405,25 @@ mod tests {
         assert_eq!(applied, ["alerts on (2 rules: mem no-leader; 0 webhooks)"]);
         let (applied, restart) = compare(&before, &before);
         assert!(applied.is_empty() && restart.is_empty());
+    }
+
+    #[test]
+    fn http_bounds_are_live_and_described() {
+        let (applied, restart) = compare(
+            &config(""),
+            &config(
+                r#"<http max-connections="50" header-timeout-ms="500" idle-timeout-ms="2000"/>"#,
+            ),
+        );
+        assert!(restart.is_empty(), "{restart:?}");
+        assert_eq!(
+            applied,
+            [
+                "http max connections 10000 -> 50",
+                "http header timeout 10000 ms -> 500 ms",
+                "http idle timeout 60000 ms -> 2000 ms",
+            ]
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ const FULL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   <security gossip-key-file="keys/gossip.key" admin-token-file="/etc/mt/token"/>
   <app docroot="www" upstream="http://127.0.0.1:9000"/>
   <metrics enabled="true"/>
+  <http max-connections="50" header-timeout-ms="500" idle-timeout-ms="2000"/>
   <alerts interval-ms="1000" receiver="ops">
     <rule name="member-down" kind="member-down" for-ms="0"/>
     <rule kind="error-rate" threshold="0.05" window-ms="300000"/>
@@ -226,7 +227,7 @@ proptest! {
     /// Arbitrary text inside a plausible skeleton, so the validator (not only the XML reader) runs.
     #[test]
     fn fuzz_config_arbitrary_attributes(
-        element in prop::sample::select(vec!["gossip", "raft", "sessions", "balancer", "security", "app", "metrics"]),
+        element in prop::sample::select(vec!["gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "http"]),
         attribute in "[a-z-]{1,20}",
         value in ".{0,40}",
     ) {

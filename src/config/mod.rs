@@ -96,6 +96,18 @@ pub const BACKUP_INTERVAL_SECONDS_RANGE: RangeInclusive<u64> = 10..=604_800;
 pub const DEFAULT_BACKUP_KEEP: usize = 24;
 /// Allowed number of periodic backups kept.
 pub const BACKUP_KEEP_RANGE: RangeInclusive<u64> = 1..=10_000;
+/// Default most HTTP connections open at once on `--http`.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: u64 = 10_000;
+/// Allowed `<http max-connections>`.
+pub const HTTP_MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// Default time a client has to send a whole request head, in milliseconds.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Allowed `<http header-timeout-ms>`.
+pub const HTTP_HEADER_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=600_000;
+/// Default time a keep-alive connection may wait for its next request, in milliseconds.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Allowed `<http idle-timeout-ms>`.
+pub const HTTP_IDLE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
 /// Longest cluster id or node name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Cluster id used when no config file is given.
@@ -208,6 +220,8 @@ pub struct ClusterConfig {
     pub app: AppConfig,
     /// Prometheus metrics (`<metrics>`).
     pub metrics: MetricsConfig,
+    /// Bounds of the `--http` port (`<http>`).
+    pub http: HttpConfig,
     /// `<logging>`.
     pub logging: LoggingConfig,
     /// Alert rules and receivers (`<alerts>`); `None` evaluates nothing.
@@ -475,6 +489,28 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Bounds of the `--http` port (`<http>`); all of them apply to the next connection after a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Connections open at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Time from accepting a connection, or from the first byte of a later request, to the end of
+    /// the request head.
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may wait, with no request in progress, for the next one.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS as usize,
+            header_timeout: Duration::from_millis(DEFAULT_HTTP_HEADER_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(DEFAULT_HTTP_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
 /// In-node alerting (`<alerts>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertsConfig {
@@ -638,6 +674,7 @@ impl ClusterConfig {
             security: SecurityConfig::default(),
             app: AppConfig::default(),
             metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
             logging: LoggingConfig::default(),
             alerts: None,
             backup: None,

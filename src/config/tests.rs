@@ -366,7 +366,7 @@ fn unknown_attribute_lists_allowed_ones() {
 fn unknown_element_lists_allowed_ones() {
     assert_error(
         &with_element("<gosip interval-ms=\"150\"/>"),
-        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <backup>, <logging>, <nodes>",
+        "cluster-config.xml:2: <gosip>: unknown element <gosip> inside <cluster>; allowed: <gossip>, <raft>, <sessions>, <balancer>, <security>, <app>, <metrics>, <alerts>, <backup>, <logging>, <http>, <nodes>",
     );
     assert_error_contains(
         &minimal("    <server name=\"x\"/>\n"),
@@ -1447,5 +1447,49 @@ fn backup_mistakes_are_one_line_errors() {
         &with_element("<backup/><backup/>"),
         "cluster-config.xml:2: <backup>: ",
         "duplicate <backup> element",
+    );
+}
+
+#[test]
+fn http_bounds_default_parse_and_reject_out_of_range() {
+    let defaults = parse(&minimal(&three_nodes())).expect("valid").http;
+    assert_eq!(defaults, HttpConfig::default());
+    assert_eq!(defaults.max_connections, 10_000);
+    assert_eq!(defaults.header_timeout, Duration::from_millis(10_000));
+    assert_eq!(defaults.idle_timeout, Duration::from_millis(60_000));
+    assert_eq!(
+        parse(&with_element("<http/>")).expect("valid").http,
+        HttpConfig::default()
+    );
+
+    let text = with_element(
+        r#"<http max-connections="50" header-timeout-ms="500" idle-timeout-ms="2000"/>"#,
+    );
+    let http = parse(&text).expect("valid").http;
+    assert_eq!(http.max_connections, 50);
+    assert_eq!(http.header_timeout, Duration::from_millis(500));
+    assert_eq!(http.idle_timeout, Duration::from_millis(2000));
+
+    assert_error(
+        &with_element(r#"<http max-conections="5"/>"#),
+        "cluster-config.xml:2: <http max-conections=\"5\">: unknown attribute max-conections; \
+         allowed: max-connections, header-timeout-ms, idle-timeout-ms",
+    );
+    assert_error(
+        &with_element(r#"<http max-connections="0"/>"#),
+        "cluster-config.xml:2: <http max-connections=\"0\">: max-connections must be between 1 and 1000000, got 0",
+    );
+    assert_error(
+        &with_element(r#"<http header-timeout-ms="10"/>"#),
+        "cluster-config.xml:2: <http header-timeout-ms=\"10\">: header-timeout-ms must be between 100 and 600000, got 10",
+    );
+    assert_error(
+        &with_element(r#"<http idle-timeout-ms="soon"/>"#),
+        "cluster-config.xml:2: <http idle-timeout-ms=\"soon\">: idle-timeout-ms must be a whole number between 100 and 3600000, got \"soon\"",
+    );
+    assert_error_contains(
+        &with_element("<http><tls/></http>"),
+        "cluster-config.xml:2: <tls>: ",
+        "<http> takes no child elements",
     );
 }

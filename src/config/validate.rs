@@ -16,9 +16,9 @@ pub(super) struct Ctx<'a> {
 }
 
 /// The top-level children `<cluster>` accepts, in the order they are listed in messages.
-const CLUSTER_CHILDREN: [&str; 11] = [
+const CLUSTER_CHILDREN: [&str; 12] = [
     "gossip", "raft", "sessions", "balancer", "security", "app", "metrics", "alerts", "backup",
-    "logging", "nodes",
+    "logging", "http", "nodes",
 ];
 
 impl Ctx<'_> {
@@ -291,6 +291,10 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         Some(element) => logging(element, ctx)?,
         None => LoggingConfig::default(),
     };
+    let http = match found.get("http") {
+        Some(element) => http(element, ctx)?,
+        None => HttpConfig::default(),
+    };
     let nodes = match found.get("nodes") {
         Some(element) => nodes(element, ctx)?,
         None => {
@@ -313,6 +317,7 @@ pub(super) fn cluster(root: &RawElement, ctx: &Ctx<'_>) -> Result<ClusterConfig,
         security,
         app,
         metrics,
+        http,
         alerts,
         backup,
         logging,
@@ -686,6 +691,40 @@ fn metrics(element: &RawElement, ctx: &Ctx<'_>) -> Result<MetricsConfig, ConfigE
         &[("true", true), ("false", false)],
     )?;
     Ok(MetricsConfig { enabled })
+}
+
+/// `<http>`: the bounds of the `--http` port. The TLS issue adds its certificate attributes here.
+fn http(element: &RawElement, ctx: &Ctx<'_>) -> Result<HttpConfig, ConfigError> {
+    ctx.only_attrs(
+        element,
+        &["max-connections", "header-timeout-ms", "idle-timeout-ms"],
+    )?;
+    ctx.no_children(element)?;
+    let max_connections = ctx.whole(
+        element,
+        "max-connections",
+        DEFAULT_HTTP_MAX_CONNECTIONS,
+        HTTP_MAX_CONNECTIONS_RANGE,
+    )?;
+    let header_timeout = ctx.whole(
+        element,
+        "header-timeout-ms",
+        DEFAULT_HTTP_HEADER_TIMEOUT_MS,
+        HTTP_HEADER_TIMEOUT_MS_RANGE,
+    )?;
+    let idle_timeout = ctx.whole(
+        element,
+        "idle-timeout-ms",
+        DEFAULT_HTTP_IDLE_TIMEOUT_MS,
+        HTTP_IDLE_TIMEOUT_MS_RANGE,
+    )?;
+    Ok(HttpConfig {
+        // The range check keeps this within a million, which fits every usize we build for.
+        max_connections: usize::try_from(max_connections)
+            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS as usize),
+        header_timeout: Duration::from_millis(header_timeout),
+        idle_timeout: Duration::from_millis(idle_timeout),
+    })
 }
 
 /// Attributes every `<rule>` takes, whatever its kind.

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod console;
 pub mod events;
+pub mod server;
 pub mod status;
 
 use axum::Router;

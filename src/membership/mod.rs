@@ -71,8 +71,18 @@ struct LocalState {
     load: Option<LoadReport>,
     raft_id: Option<u64>,
     raft_pristine: Option<bool>,
+    /// The applications can be served (the upstream answers).
     ready: bool,
     hop_token: Option<crate::security::HopToken>,
+    /// The HTTP port accepts connections (no recent accept failure for lack of resources).
+    accepting: bool,
+}
+
+impl LocalState {
+    /// What others are told: ready only when both hold.
+    fn published_ready(&self) -> bool {
+        self.ready && self.accepting
+    }
 }
 
 impl Membership {
@@ -144,6 +154,7 @@ impl Membership {
             raft_pristine: None,
             ready: true,
             hop_token: None,
+            accepting: true,
         }));
         let mut observer = Observer::new(config, generation, events, local.clone());
         let view = Arc::new(ArcSwap::from_pointee(observer.initial_view()));
@@ -229,12 +240,27 @@ impl Membership {
 
     /// Publishes whether this node can serve its applications; others stop routing to it while not.
     pub async fn set_ready(&self, ready: bool) {
-        if let Ok(mut local) = self.local.lock() {
-            local.ready = ready;
-        }
-        self.chitchat
-            .lock()
-            .await
+        self.publish_ready(|local| local.ready = ready).await;
+    }
+
+    /// Publishes whether this node's HTTP port accepts connections; while it does not (out of file
+    /// descriptors), the node is not ready whatever `set_ready` said, so others route around it.
+    pub async fn set_accepting(&self, accepting: bool) {
+        self.publish_ready(|local| local.accepting = accepting)
+            .await;
+    }
+
+    async fn publish_ready(&self, change: impl FnOnce(&mut LocalState)) {
+        // chitchat's lock first: two changes at once then publish in the order they were made.
+        let mut chitchat = self.chitchat.lock().await;
+        let ready = match self.local.lock() {
+            Ok(mut local) => {
+                change(&mut local);
+                local.published_ready()
+            }
+            Err(_) => return,
+        };
+        chitchat
             .self_node_state()
             .set(gossip::KEY_READY, if ready { "1" } else { "0" });
     }
@@ -381,7 +407,7 @@ impl Observer {
                     local.load,
                     local.raft_id,
                     local.raft_pristine,
-                    local.ready,
+                    local.published_ready(),
                     local.hop_token.clone(),
                 )
             })

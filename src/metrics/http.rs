@@ -1,5 +1,5 @@
 //! HTTP figures: requests by route class and status class, a latency histogram, bytes, requests in
-//! flight and open connections.
+//! flight, open connections and what the bounds of the port turned away.
 //!
 //! The hot path is a handful of relaxed atomic additions into fixed arrays (no map lookup, no lock);
 //! buckets are kept per bucket and made cumulative only when scraped.
@@ -12,9 +12,8 @@ use std::time::Instant;
 use axum::body::HttpBody;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower_service::Service;
 
 /// What kind of path a request was for: a small fixed set, so labels stay bounded.
@@ -269,6 +268,83 @@ pub struct HttpMetrics {
     shards: [Shard; SHARDS],
     connections_open: AtomicI64,
     connections_total: AtomicU64,
+    connections_refused: AtomicU64,
+    timed_out: [AtomicU64; ConnectionTimeout::ALL.len()],
+    accept_errors: [AtomicU64; AcceptError::ALL.len()],
+}
+
+/// Which bound closed a connection that took too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionTimeout {
+    /// The request head did not arrive within `header-timeout-ms`.
+    Header,
+    /// No request came within `idle-timeout-ms` on a kept-alive connection.
+    Idle,
+}
+
+impl ConnectionTimeout {
+    /// Every kind, in label order.
+    pub const ALL: [ConnectionTimeout; 2] = [ConnectionTimeout::Header, ConnectionTimeout::Idle];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionTimeout::Header => "header",
+            ConnectionTimeout::Idle => "idle",
+        }
+    }
+}
+
+/// Why accepting a connection failed, in a few bounded kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// The process or the system is out of file descriptors (`EMFILE`, `ENFILE`).
+    FileDescriptors,
+    /// The kernel is out of memory for sockets (`ENOBUFS`, `ENOMEM`).
+    Memory,
+    /// One client's connection failed before it was accepted (`ECONNABORTED`, `ECONNRESET`,
+    /// `EPROTO`, `EPERM` from a firewall): the next accept is another connection.
+    Connection,
+    /// Anything else: unknown, so taken as the port being unable to accept.
+    Other,
+}
+
+impl AcceptError {
+    /// Every kind, in label order.
+    pub const ALL: [AcceptError; 4] = [
+        AcceptError::FileDescriptors,
+        AcceptError::Memory,
+        AcceptError::Connection,
+        AcceptError::Other,
+    ];
+
+    /// The kind of an accept error.
+    pub fn of(err: &std::io::Error) -> AcceptError {
+        match err.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => AcceptError::FileDescriptors,
+            Some(libc::ENOBUFS | libc::ENOMEM) => AcceptError::Memory,
+            Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EPERM) => {
+                AcceptError::Connection
+            }
+            _ => AcceptError::Other,
+        }
+    }
+
+    /// Whether the port itself cannot accept (it would fail the next client too), rather than one
+    /// client's connection having failed.
+    pub fn is_exhaustion(self) -> bool {
+        !matches!(self, AcceptError::Connection)
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptError::FileDescriptors => "file_descriptors",
+            AcceptError::Memory => "memory",
+            AcceptError::Connection => "connection",
+            AcceptError::Other => "other",
+        }
+    }
 }
 
 /// Request totals of user traffic, for the in-node alerts.
@@ -366,6 +442,46 @@ impl HttpMetrics {
     /// HTTP connections accepted since start.
     pub fn connections_total(&self) -> u64 {
         self.connections_total.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once because `max-connections` were open.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection closed at once because `max-connections` were open.
+    pub fn refused_connection(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed by `timeout`.
+    pub fn timed_out(&self, timeout: ConnectionTimeout) -> u64 {
+        self.timed_out[timeout as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection closed by `timeout`.
+    pub fn connection_timed_out(&self, timeout: ConnectionTimeout) {
+        self.timed_out[timeout as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed accepts of `kind`.
+    pub fn accept_errors(&self, kind: AcceptError) -> u64 {
+        self.accept_errors[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_failed(&self, kind: AcceptError) {
+        self.accept_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `stream` open until it is dropped.
+    pub fn count_connection(&'static self, stream: TcpStream) -> CountedStream {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        CountedStream {
+            inner: stream,
+            metrics: self,
+        }
     }
 
     /// Request body bytes received (where the size was known).
@@ -484,44 +600,6 @@ where
             }
         }
         Poll::Ready(result)
-    }
-}
-
-/// A TCP listener that counts the connections it hands out for as long as they stay open.
-pub struct CountingListener {
-    inner: TcpListener,
-    metrics: &'static HttpMetrics,
-}
-
-impl CountingListener {
-    /// Counts the connections of `inner` into `metrics`.
-    pub fn new(inner: TcpListener, metrics: &'static HttpMetrics) -> CountingListener {
-        CountingListener { inner, metrics }
-    }
-}
-
-impl Listener for CountingListener {
-    type Io = CountedStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own accept loop, which retries and logs accept errors.
-        let (stream, addr) = Listener::accept(&mut self.inner).await;
-        self.metrics
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
-        let stream = CountedStream {
-            inner: stream,
-            metrics: self.metrics,
-        };
-        (stream, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 

@@ -23,7 +23,7 @@ use crate::alerts::AlertStats;
 use crate::backup::BackupStats;
 use crate::membership::MemberState;
 use crate::node::NodeContext;
-use http::{HttpMetrics, RouteClass, STATUS_CLASSES};
+use http::{AcceptError, ConnectionTimeout, HttpMetrics, RouteClass, STATUS_CLASSES};
 use process::ProcessStats;
 
 /// The prefix of every metric name.
@@ -299,6 +299,27 @@ fn http_figures(out: &mut Out, http: &HttpMetrics) -> fmt::Result {
         "http_connections_total",
         "HTTP connections accepted on the --http port.",
         http.connections_total(),
+    )?;
+    out.counter(
+        "http_connections_refused",
+        "HTTP connections closed at once because <http max-connections> were open.",
+        http.connections_refused(),
+    )?;
+    out.counters(
+        "http_connections_timed_out",
+        "HTTP connections closed for sending no whole request head in time (header) or no request while kept alive (idle).",
+        ConnectionTimeout::ALL
+            .into_iter()
+            .map(|timeout| (labels([("phase", timeout.as_str())]), http.timed_out(timeout)))
+            .collect(),
+    )?;
+    out.counters(
+        "http_accept_errors",
+        "Failed accepts on the --http port, by kind (file_descriptors, memory, connection, other).",
+        AcceptError::ALL
+            .into_iter()
+            .map(|kind| (labels([("kind", kind.as_str())]), http.accept_errors(kind)))
+            .collect(),
     )?;
     out.gauge(
         "http_requests_in_flight",
