@@ -196,9 +196,14 @@ impl NodeContext {
             members: routing.members(),
             targets: routing.stats(),
         });
+        let live = self.live().cluster.load();
         status.sessions = Some(SessionsStatus {
             active: self.replica().reader().len() as u64,
             expired_total: self.replica().expired_total(),
+            max_active: self.replica().limits().max_active(),
+            create_rate_per_ip: live.sessions.create_rate_per_ip,
+            // A restart-only setting: what this node runs with, not what the file says now.
+            cookie_secure: self.config().cluster.sessions.cookie_secure,
         });
         status
     }

@@ -371,6 +371,17 @@ async fn console_in_headless_chromium_shows_members_a_kill_and_drains() {
         (browser.text_of("#conn-text").await? == "live").then_some(())
     })
     .await;
+    // The session card shows the cluster's cap and says when to make the cookie Secure.
+    wait_for(
+        "the session card shows the limits",
+        Duration::from_secs(10),
+        || async {
+            let sub = browser.text_of("#sessions-sub").await?;
+            let cookie = browser.text_of("#sessions-cookie").await?;
+            (sub.contains("1,000,000 max") && cookie.contains("cookie-secure")).then_some(())
+        },
+    )
+    .await;
 
     // kill -9 node-3: its row turns down within the detection time (about a second with the
     // test's 150 ms gossip; the bound leaves room for a loaded machine).

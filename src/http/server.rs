@@ -245,17 +245,30 @@ struct Timer {
 }
 
 impl Timer {
-    /// Polls the timer set to `deadline` on behalf of `waker`'s task.
+    /// Polls the timer for `deadline` on behalf of `cx`'s task: `Ready` once it has passed.
+    ///
+    /// The timer is moved only to an earlier deadline. A later one (each response pushes the idle
+    /// deadline on) keeps the timer where it is, and when that fires early it is set to the real
+    /// deadline then: so a busy keep-alive connection re-arms its timer about once per timeout, not
+    /// once per request (a reset reinserts it in the runtime's timer wheel).
     fn poll(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let sleep = match &mut self.sleep {
             Some(sleep) => {
-                if sleep.deadline() != deadline {
+                if sleep.deadline() > deadline {
                     sleep.as_mut().reset(deadline);
                 }
                 sleep
             }
             empty => empty.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if Instant::now() >= deadline {
+            return Poll::Ready(());
+        }
+        sleep.as_mut().reset(deadline);
+        // Registers the waker for the real deadline.
         sleep.as_mut().poll(cx)
     }
 

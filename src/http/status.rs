@@ -84,6 +84,12 @@ pub struct SessionsStatus {
     pub active: u64,
     /// Sessions this node expired while it was the leader (each expiry is counted on one node only).
     pub expired_total: u64,
+    /// `<sessions max-active>` this node stamps on creates when it leads.
+    pub max_active: u64,
+    /// `<sessions create-rate-per-ip>` on this node (0: no limit).
+    pub create_rate_per_ip: u64,
+    /// Whether the session cookie carries `Secure`.
+    pub cookie_secure: bool,
 }
 
 /// The `balancer` object.

@@ -293,9 +293,12 @@
     setText($("term"), isNum(raft.term) ? "term " + raft.term : "term " + dash);
     const sessions = status.sessions || {};
     setText($("sessions-active"), isNum(sessions.active) ? sessions.active.toLocaleString() : dash);
-    setText($("sessions-sub"), isNum(sessions.expired_total)
-      ? "active · " + sessions.expired_total.toLocaleString() + " expired by " + status.node
-      : "active");
+    setText($("sessions-sub"), (isNum(sessions.max_active) ? "active of " + sessions.max_active.toLocaleString() + " max" : "active")
+      + (isNum(sessions.expired_total) ? " · " + sessions.expired_total.toLocaleString() + " expired by " + status.node : ""));
+    // The cookie is sent in clear without Secure: say when to turn it on.
+    setText($("sessions-cookie"), sessions.cookie_secure === false
+      ? "cookie not Secure: set <sessions cookie-secure=\"true\"> once clients come over HTTPS"
+      : sessions.cookie_secure === true ? "cookie Secure (HTTPS only)" : "");
     if (isNum(raft.commit_index)) {
       setText($("raft-index"), raft.commit_index.toLocaleString() + " / " + (raft.applied_index || 0).toLocaleString());
       const voters = (raft.voters || []).length;
