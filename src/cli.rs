@@ -535,5 +535,38 @@ pub fn render_table(document: &Value) -> String {
         count("draining"),
         count("left")
     ));
+    out.push_str(&render_quorum(&document["raft"]["quorum"]));
     out
+}
+
+/// The Raft voters line under the table: live versus needed, the absent ones, and a loud warning
+/// when there is no quorum (empty for a document without `raft.quorum`).
+fn render_quorum(quorum: &Value) -> String {
+    let (Some(voters), Some(live), Some(needed)) = (
+        quorum["voters"].as_u64(),
+        quorum["live"].as_u64(),
+        quorum["needed"].as_u64(),
+    ) else {
+        return String::new();
+    };
+    if voters == 0 {
+        return "raft voters: none yet (the founders have not bootstrapped the cluster)\n"
+            .to_owned();
+    }
+    let absent: Vec<&str> = quorum["absent"]
+        .as_array()
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut line = format!("raft voters: {live} of {voters} up, {needed} needed for a quorum");
+    if !absent.is_empty() {
+        line.push_str(&format!("; absent: {}", absent.join(", ")));
+    }
+    if quorum["has_quorum"] == Value::Bool(false) {
+        line.push_str("  NO QUORUM: writes and reads fail until a majority is back");
+    } else if live.saturating_sub(1) < needed {
+        // One more voter lost (a restart included) and the cluster stops.
+        line.push_str("  (one more voter down loses the quorum)");
+    }
+    line.push('\n');
+    line
 }

@@ -185,6 +185,7 @@ impl NodeContext {
             applied_index: applied,
             voters: sorted_names(&voters),
             learners: sorted_names(&learners),
+            quorum: self.replica().quorum(),
         });
         let routing = self.routing();
         status.balancer = Some(BalancerStatus {
@@ -225,7 +226,12 @@ impl NodeContext {
         {
             return Err("the upstream application does not answer".to_string());
         }
-        self.replica().readiness()
+        self.replica().readiness()?;
+        // A leader cut off from its majority still names itself leader: it can serve nothing.
+        match self.replica().quorum_problem() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! rest of the node sees [`ClusterKey`], [`GossipSeal`], [`PeerKey`], [`FrameCipher`] and
 //! [`AdminAuth`]. No secret is ever logged or displayed: their `Debug` prints `ClusterKey(..)`.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
@@ -731,16 +732,55 @@ impl LogThrottle {
 /// key). Such events pass at most once per 10 s; everything else passes as the level filter says.
 pub fn throttle_foreign_warnings<S>() -> impl tracing_subscriber::layer::Filter<S> {
     static CHITCHAT_UDP: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+    static RAFT_REPLICATION: CallsiteThrottle = CallsiteThrottle::new(Duration::from_secs(60));
     tracing_subscriber::filter::dynamic_filter_fn(|meta: &tracing::Metadata<'_>, _| {
-        if meta.is_event()
-            && *meta.level() <= tracing::Level::WARN
-            && meta.target().starts_with("chitchat::transport")
-        {
+        if !meta.is_event() || *meta.level() > tracing::Level::WARN {
+            return true;
+        }
+        let target = meta.target();
+        if target.starts_with("chitchat::transport") {
             CHITCHAT_UDP.allow().is_some()
+        } else if target.starts_with("openraft::replication")
+            || target.starts_with("openraft::engine::handler::replication_handler")
+        {
+            // A leader retries a dead voter every 500 ms and openraft writes four lines each time,
+            // naming raft ids; `raft::network` logs one line per peer per 10 s by name instead, with
+            // the count held back, and these pass once per minute per kind.
+            RAFT_REPLICATION.allow(meta.callsite())
         } else {
             true
         }
     })
+}
+
+/// At most one event per `interval` for each call site (each `warn!` in the source).
+struct CallsiteThrottle {
+    interval: Duration,
+    last: Mutex<Option<HashMap<tracing::callsite::Identifier, Instant>>>,
+}
+
+impl CallsiteThrottle {
+    const fn new(interval: Duration) -> CallsiteThrottle {
+        CallsiteThrottle {
+            interval,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn allow(&self, callsite: tracing::callsite::Identifier) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let seen = last
+            .get_or_insert_with(HashMap::new)
+            .entry(callsite)
+            .or_insert(now);
+        if *seen == now || now.duration_since(*seen) >= self.interval {
+            *seen = now;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Longest piece of outside text a log line quotes; the rest is cut (and says so).

@@ -75,6 +75,8 @@ pub struct RaftStatus {
     pub voters: Vec<String>,
     /// Non-voting members.
     pub learners: Vec<String>,
+    /// Voters live versus needed, the absent ones, and whether a quorum stands.
+    pub quorum: crate::raft::replica::QuorumStatus,
 }
 
 /// The `sessions` object.

@@ -16,6 +16,7 @@
 //! machine applies the commands in order, exactly as separate entries.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use proto::raft::{CommandResponse, LogId, PeerRequest, PeerResponse, SessionCommand};
@@ -34,6 +35,8 @@ pub const MAX_BATCH_COMMANDS: usize = 512;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Batches being committed at the same time.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Longest wait for a proposal to be committed before its writers are answered (503, outcome unknown).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Writes waiting to be batched before callers wait to queue theirs.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH_COMMANDS;
 
@@ -185,7 +188,22 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
         // The leader stamps each write with its own clock just before proposing it.
         local.stamp(now_ms());
         local.limit_creates(replica.limits().max_active());
-        return match replica.raft().client_write(local).await {
+        // Without a quorum openraft waits for the commit as long as it takes (a lost majority that
+        // comes back after ten minutes commits the entry then): the caller gets an answer sooner.
+        let Ok(written) =
+            tokio::time::timeout(COMMIT_TIMEOUT, replica.raft().client_write(local)).await
+        else {
+            let why = replica
+                .quorum_problem()
+                .unwrap_or_else(|| "a majority of voters did not acknowledge it".to_owned());
+            return every(count, || {
+                Attempt::Failed(ConsensusError::NoQuorum {
+                    timeout: COMMIT_TIMEOUT,
+                    why: why.clone(),
+                })
+            });
+        };
+        return match written {
             Ok(written) => split(count, written.log_id, written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 every(count, || Attempt::Retry { uncertain: None })

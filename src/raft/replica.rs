@@ -39,6 +39,9 @@ static REFUSED_WRITE_LOG: crate::security::LogThrottle =
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
 pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
+/// How long the leader tries to confirm a read index with a quorum before saying it cannot (inside
+/// the asking follower's [`FORWARD_TIMEOUT`]).
+const READ_INDEX_CONFIRM: Duration = Duration::from_secs(2);
 /// At most this many entries are kept in the log behind a snapshot, so briefly absent followers
 /// catch up from the log (fewer with a small `snapshot-every`: a tenth of it).
 const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
@@ -81,6 +84,17 @@ pub enum ConsensusError {
     /// The node is shutting down or Raft stopped.
     #[error("raft stopped: {0}")]
     Stopped(String),
+    /// This node leads, but a majority of voters did not acknowledge the write in time: it is in the
+    /// log and may still be applied if they come back, so its outcome is unknown.
+    #[error(
+        "not committed within {timeout:?}: {why}; the write may still be applied once a quorum is back"
+    )]
+    NoQuorum {
+        /// How long the commit was waited for.
+        timeout: Duration,
+        /// What the node knows about its quorum.
+        why: String,
+    },
     /// The leader refused the write as malformed (nothing was proposed; retrying cannot help).
     #[error("the leader refused the write: {0}")]
     Refused(String),
@@ -108,6 +122,57 @@ pub struct Replica {
     limits: WriteLimits,
     /// Creates refused because the cluster held `max-active` sessions (counted where the write entered).
     refused_full_total: AtomicU64,
+    /// A leader whose last acknowledgement by a quorum is older than this reports no quorum.
+    quorum_lease: Duration,
+    /// Who is up, to tell which voters are live.
+    membership: Arc<Membership>,
+}
+
+/// The Raft voters as this node sees them: how many there are, how many are live (up in gossip, or
+/// this node), how many a quorum needs, and, for a leader, how long since a quorum acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QuorumStatus {
+    /// Voters in the Raft membership.
+    pub voters: usize,
+    /// Votes a quorum needs (a majority of `voters`).
+    pub needed: usize,
+    /// Voters up in gossip (this node included when it is a voter).
+    pub live: usize,
+    /// Names of the voters that are not up in gossip (down, left or never seen).
+    pub absent: Vec<String>,
+    /// On the leader: milliseconds since a quorum last acknowledged it (`None` before the first).
+    pub leader_ack_ms: Option<u64>,
+    /// Whether a quorum stands: on the leader, acknowledged within the lease; elsewhere, enough
+    /// voters live and a leader known.
+    pub has_quorum: bool,
+}
+
+impl QuorumStatus {
+    /// Why there is no quorum, in words, or `None` when there is one.
+    pub fn problem(&self) -> Option<String> {
+        if self.has_quorum {
+            return None;
+        }
+        if self.voters == 0 {
+            return Some("no Raft membership yet (the founders have not bootstrapped)".to_owned());
+        }
+        let absent = if self.absent.is_empty() {
+            String::new()
+        } else {
+            format!("; absent: {}", self.absent.join(", "))
+        };
+        let voters = format!(
+            "{} of {} voters up, {} needed{absent}",
+            self.live, self.voters, self.needed
+        );
+        Some(match self.leader_ack_ms {
+            Some(ms) => format!(
+                "no quorum: this leader was last acknowledged by a majority {ms} ms ago ({voters})"
+            ),
+            None if self.live < self.needed => format!("no quorum: {voters}"),
+            None => format!("no quorum acknowledged this node's leadership yet ({voters})"),
+        })
+    }
 }
 
 /// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
@@ -317,6 +382,10 @@ impl Replica {
                 config.cluster.sessions.max_active,
             ),
             refused_full_total: AtomicU64::new(0),
+            // Heartbeats go out every `heartbeat-ms`; five election timeouts (and at least 2 s)
+            // without a quorum's answer is well past any hiccup of a loaded machine.
+            quorum_lease: (5 * config.cluster.raft.election_timeout).max(Duration::from_secs(2)),
+            membership: membership.clone(),
         });
         info!(node = %config.me.name, raft_id = id, pristine, "raft store opened in {}", data_dir.display());
 
@@ -415,6 +484,62 @@ impl Replica {
         self.deleted_total.load(Ordering::Relaxed)
     }
 
+    /// Why this node has no quorum, when it has none (see [`QuorumStatus::problem`]).
+    pub fn quorum_problem(&self) -> Option<String> {
+        self.quorum().problem()
+    }
+
+    /// The voters and the quorum as this node sees them now (see [`QuorumStatus`]).
+    pub fn quorum(&self) -> QuorumStatus {
+        let view = self.membership.view();
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut voters = 0;
+        let mut live = 0;
+        let mut absent = Vec::new();
+        for id in membership.voter_ids() {
+            voters += 1;
+            let up = id == self.id
+                || view.members.iter().any(|member| {
+                    member.raft_id == Some(id)
+                        && matches!(member.state, MemberState::Up | MemberState::Draining)
+                });
+            if up {
+                live += 1;
+            } else {
+                absent.push(
+                    membership
+                        .get_node(&id)
+                        .map(|node| node.name.clone())
+                        .unwrap_or_else(|| format!("raft-{id}")),
+                );
+            }
+        }
+        absent.sort();
+        let needed = voters / 2 + 1;
+        let leading = metrics.state == ServerState::Leader;
+        let leader_ack_ms = if leading {
+            metrics.millis_since_quorum_ack
+        } else {
+            None
+        };
+        let has_quorum = if leading {
+            // A leader alone is its own quorum; otherwise the lease must be fresh.
+            voters <= 1
+                || leader_ack_ms.is_some_and(|ms| ms <= self.quorum_lease.as_millis() as u64)
+        } else {
+            voters > 0 && live >= needed && metrics.current_leader.is_some()
+        };
+        QuorumStatus {
+            voters,
+            needed,
+            live,
+            absent,
+            leader_ack_ms,
+            has_quorum,
+        }
+    }
+
     /// Session creates refused through this node because the cluster was full (`max-active`).
     pub fn refused_full_total(&self) -> u64 {
         self.refused_full_total.load(Ordering::Relaxed)
@@ -490,7 +615,24 @@ impl Replica {
         // own earlier success as that success (see `reconcile`).
         let mut uncertain: Option<String> = None;
         loop {
-            match self.writes.attempt(self, command.clone()).await {
+            // Each attempt is bounded by itself (the commit, a forwarded call); this bounds the wait
+            // in the queue too, a second past the deadline so that their reasons come first.
+            let remaining =
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+            let Ok(attempt) =
+                tokio::time::timeout(remaining, self.writes.attempt(self, command.clone())).await
+            else {
+                return Err(match self.quorum_problem() {
+                    Some(why) => ConsensusError::NoQuorum {
+                        timeout: LEADER_WAIT,
+                        why,
+                    },
+                    None => ConsensusError::Unknown(format!(
+                        "no answer within {LEADER_WAIT:?}; the write may still be applied"
+                    )),
+                });
+            };
+            match attempt {
                 Attempt::Done(log_id, response) => {
                     let response = self.reconcile(&command, response, &uncertain).await;
                     self.count_write(&response);
@@ -585,7 +727,13 @@ impl Replica {
     pub async fn linearizable_barrier(&self) -> Result<(), ConsensusError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let forward = match self.raft.ensure_linearizable().await {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(confirmed) =
+                tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await
+            else {
+                return Err(self.no_leader_or_quorum());
+            };
+            let forward = match confirmed {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                     Some(forward)
@@ -615,9 +763,21 @@ impl Replica {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(ConsensusError::NoLeader(LEADER_WAIT));
+                return Err(self.no_leader_or_quorum());
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// The error for a read or write that found no usable leader in time: no quorum when this node
+    /// knows it has none (a leader cut off from its majority), else no leader.
+    fn no_leader_or_quorum(&self) -> ConsensusError {
+        match self.quorum_problem() {
+            Some(why) if self.is_leader() => ConsensusError::NoQuorum {
+                timeout: LEADER_WAIT,
+                why,
+            },
+            _ => ConsensusError::NoLeader(LEADER_WAIT),
         }
     }
 
@@ -721,18 +881,29 @@ impl PeerHandler for Replica {
                 command.limit_creates(self.limits.max_active());
                 self.answer_write(command).await
             }
-            PeerRequest::ReadIndex => match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => PeerResponse::ReadIndex {
-                    index: read_log_id.map(|log_id| log_id.index),
-                },
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                    PeerResponse::ForwardToLeader {
-                        leader_id: forward.leader_id,
-                        leader_node: forward.leader_node,
+            // The index is confirmed by a quorum's heartbeat answers first: a leader cut off from its
+            // majority (which may have elected another) must not hand out an index it cannot vouch
+            // for. Bounded, so the asking follower tries again instead of waiting.
+            PeerRequest::ReadIndex => {
+                match tokio::time::timeout(READ_INDEX_CONFIRM, self.raft.ensure_linearizable())
+                    .await
+                {
+                    Err(_) => PeerResponse::Error(
+                        self.quorum_problem()
+                            .unwrap_or_else(|| "read index not confirmed in time".to_owned()),
+                    ),
+                    Ok(Ok(read_log_id)) => PeerResponse::ReadIndex {
+                        index: read_log_id.map(|log_id| log_id.index),
+                    },
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                        PeerResponse::ForwardToLeader {
+                            leader_id: forward.leader_id,
+                            leader_node: forward.leader_node,
+                        }
                     }
+                    Ok(Err(err)) => PeerResponse::Error(err.to_string()),
                 }
-                Err(err) => PeerResponse::Error(err.to_string()),
-            },
+            }
             // The connection loop turns the connection into a hop channel before this is reached.
             PeerRequest::OpenHop => {
                 PeerResponse::Error("a hop channel is opened on a fresh connection".to_string())

@@ -306,6 +306,15 @@
       setText($("raft-sub"), "commit / applied · " + voters + " voter" + (voters === 1 ? "" : "s") +
         (learners ? ", " + learners + " learner" + (learners === 1 ? "" : "s") : ""));
     }
+    // Voters live versus needed; absent voters and a lost quorum are said out loud.
+    const quorum = raft.quorum || {};
+    if (isNum(quorum.live) && isNum(quorum.voters)) {
+      const absent = (quorum.absent || []).length ? " · absent: " + quorum.absent.join(", ") : "";
+      const verdict = quorum.has_quorum === false ? "NO QUORUM · " : "";
+      setText($("raft-quorum"), verdict + quorum.live + " of " + quorum.voters + " voters up, " +
+        quorum.needed + " needed" + absent);
+      $("raft-quorum").classList.toggle("none", quorum.has_quorum === false);
+    }
     const balancer = status.balancer || {};
     setText($("strategy"), balancer.strategy ? balancer.strategy + (balancer.key ? " · by " + balancer.key : "") : dash);
     const receiving = balancer.members || [];
