@@ -1056,6 +1056,13 @@ async fn reconcile(
             continue;
         }
         let config = metrics.membership_config.membership().clone();
+        // Log lines name members; the raft id goes along as a field.
+        let name_of = |id: &NodeId| {
+            config
+                .get_node(id)
+                .map(|node| node.name.clone())
+                .unwrap_or_else(|| format!("raft-{id}"))
+        };
         let voters: BTreeSet<NodeId> = config.voter_ids().collect();
         let learners: BTreeSet<NodeId> = config.learner_ids().collect();
         let view = membership.view();
@@ -1141,17 +1148,19 @@ async fn reconcile(
                 .find(|id| live(id) && matched(id).is_some_and(|m| m + 100 >= last))
             {
                 info!(
+                    peer = %name_of(id),
                     raft_id = id,
                     voters = voters.len(),
                     wanted_voters,
-                    "promoting learner to voter"
+                    "promoting learner {} to voter",
+                    name_of(id)
                 );
                 if let Err(err) = replica
                     .raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), true)
                     .await
                 {
-                    warn!(raft_id = id, error = %err, "cannot promote learner");
+                    warn!(peer = %name_of(id), raft_id = id, error = %err, "cannot promote learner {}", name_of(id));
                 }
                 continue;
             }
@@ -1165,7 +1174,7 @@ async fn reconcile(
             .collect();
         for id in gone {
             if learners.contains(&id) {
-                info!(raft_id = id, "removing learner gone for {remove_after:?}");
+                info!(peer = %name_of(&id), raft_id = id, "removing learner {} gone for {remove_after:?}", name_of(&id));
                 let _ = replica
                     .raft
                     .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
@@ -1177,7 +1186,7 @@ async fn reconcile(
             if remaining.is_empty() || live_remaining < remaining.len() / 2 + 1 {
                 continue;
             }
-            info!(raft_id = id, "removing voter gone for {remove_after:?}");
+            info!(peer = %name_of(&id), raft_id = id, "removing voter {} gone for {remove_after:?}", name_of(&id));
             match replica
                 .raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -1186,7 +1195,9 @@ async fn reconcile(
                 Ok(_) => {
                     absent_since.remove(&id);
                 }
-                Err(err) => warn!(raft_id = id, error = %err, "cannot remove voter"),
+                Err(err) => {
+                    warn!(peer = %name_of(&id), raft_id = id, error = %err, "cannot remove voter {}", name_of(&id))
+                }
             }
             break;
         }
