@@ -193,6 +193,39 @@ record_founder() {
   return 1
 }
 
+# Records the arguments of node $1, started by hand as process $2, from its command line, so that
+# `start` and `restart` can run it again (a founder without them is started from the file instead).
+record_from_proc() {
+  local name=$1 pid=$2 arg http="" next=0
+  local -a argv=()
+  mapfile -d '' -t argv <"/proc/$pid/cmdline" 2>/dev/null || return 0
+  [ "$(basename -- "${argv[0]:-}")" = nohup ] && argv=("${argv[@]:1}")
+  [ "${#argv[@]}" -ge 2 ] && [ "${argv[1]}" = run ] || return 0
+  for arg in "${argv[@]}"; do
+    [ "$next" = 1 ] && { http=$arg; next=0; }
+    [ "$arg" = --http ] && next=1
+  done
+  # Relative paths (config, data dir) were relative to its working directory: keep them working.
+  local cwd
+  cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 0
+  mkdir -p "$home/nodes" "$home/urls"
+  local -a args=()
+  local previous=""
+  for arg in "${argv[@]:1}"; do
+    case "$previous" in
+      --config | --data-dir | --docroot) [[ "$arg" = /* ]] || arg=$cwd/$arg ;;
+    esac
+    args+=("$arg")
+    previous=$arg
+  done
+  printf '%s\n' "${args[@]}" >"$home/nodes/$name.args"
+  if [ -n "$http" ]; then
+    echo "http $http" >"$home/nodes/$name.addrs"
+    echo "http://$http" >"$home/urls/$name"
+  fi
+  echo "recorded how $name was started (pid $pid) in $home/nodes/$name.args"
+}
+
 # Records the arguments of joiner node-$1 (ports from the bases, seeded by the first founder).
 record_joiner() {
   local k=$1 name="node-$1" seed
@@ -345,6 +378,7 @@ stop() {
     echo "$name was not running"
     return 0
   fi
+  [ -s "$home/nodes/$name.args" ] || record_from_proc "$name" "${pids[0]}"
   stop_pids "${pids[@]}"
   rm -f "$home/pids/$name.pid"
   echo "stopped $name (pid ${pids[*]})"

@@ -1,6 +1,6 @@
 //! `scripts/cluster.sh` end to end: the real script on free ports, in a temporary `MT_HOME`, with the
-//! debug binary `cargo test` built. up 3, add 1, restart, stop, start, a node started by hand, down,
-//! clean; each verb's exit code and key line, and no process or file of the cluster left behind.
+//! debug binary `cargo test` built. up 3, add 1, restart, stop, start, a node started by hand and
+//! restarted by the script, down, clean; each verb's exit code and key line, and no process or file of the cluster left behind.
 
 mod common;
 
@@ -51,12 +51,19 @@ struct ScriptCluster {
     http_base: u16,
     cluster_base: u16,
     by_hand: Option<Child>,
+    /// HTTP and cluster port of node-5, the node started by hand.
+    by_hand_ports: (u16, u16),
 }
 
 impl ScriptCluster {
     fn new() -> ScriptCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let home = dir.path().join("home");
+        // The script resolves MT_HOME (symlinks too); so must the /proc scan below.
+        let home = dir
+            .path()
+            .canonicalize()
+            .expect("tempdir path")
+            .join("home");
         let founders: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let mut xml = format!(
             "<cluster id=\"script\">\n  {GOSSIP}\n  <raft data-dir=\"data\" voters=\"3\"/>\n  <nodes>\n"
@@ -81,6 +88,7 @@ impl ScriptCluster {
             http_base,
             cluster_base,
             by_hand: None,
+            by_hand_ports: (free_port(), free_port()),
         }
     }
 
@@ -165,9 +173,9 @@ impl ScriptCluster {
         let log = File::create(self.dir.path().join("node-5.log")).expect("log");
         let child = Command::new(BIN)
             .args(["run", "--name", "node-5", "--http"])
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.by_hand_ports.0))
             .arg("--cluster")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.by_hand_ports.1))
             .arg("--seed")
             .arg(format!("127.0.0.1:{}", self.founders[0].1))
             .arg("--config")
@@ -317,6 +325,27 @@ fn cluster_script_manages_a_local_cluster_completely() {
     assert_leader(&start);
 
     // The operator's case: a node started by hand, not by the script.
+    let by_hand = cluster.start_by_hand();
+    let first_start = cluster
+        .by_hand
+        .as_mut()
+        .map(|child| child.try_wait().expect("try_wait").is_none());
+    assert_eq!(first_start, Some(true), "node-5 (pid {by_hand}) exited");
+    // `restart` of a node started by hand reuses its command line (relative paths made absolute).
+    let restart = cluster.run(&["restart", "node-5"], step);
+    restart.assert_ok("restart node-5");
+    restart.assert_says("recorded how node-5 was started");
+    restart.assert_says(&format!("stopped node-5 (pid {by_hand})"));
+    restart.assert_says("started node-5");
+    assert_leader(&restart);
+    let exited = cluster
+        .by_hand
+        .as_mut()
+        .map(|child| child.try_wait().expect("try_wait").is_some());
+    assert_eq!(exited, Some(true), "the hand-started node-5 still runs");
+    let stop = cluster.run(&["stop", "node-5"], step);
+    stop.assert_ok("stop node-5");
+    // And by hand again: `down` must find it with nothing but its own pid file.
     let by_hand = cluster.start_by_hand();
 
     let down = cluster.run(&["down"], step);
