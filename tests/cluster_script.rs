@@ -96,11 +96,14 @@ impl ScriptCluster {
     /// cannot hold a pipe open.
     fn run(&self, args: &[&str], timeout: Duration) -> Run {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
-        // BIN is <target>/debug/micro-tomcat, which the script finds as $CARGO_TARGET_DIR/debug.
-        let target = Path::new(BIN)
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir");
+        // BIN is <target>/<profile dir>/micro-tomcat; the script finds the dev profile in `debug`,
+        // any other in the directory of its name. Its build is then a no-op.
+        let profile_dir = Path::new(BIN).parent().expect("profile dir");
+        let target = profile_dir.parent().expect("target dir");
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
         let out = self.dir.path().join("script.out");
         let err = self.dir.path().join("script.err");
         let mut child = Command::new("bash")
@@ -108,7 +111,7 @@ impl ScriptCluster {
             .args(args)
             .env("MT_HOME", &self.home)
             .env("MT_CONFIG", &self.config)
-            .env("MT_PROFILE", "dev")
+            .env("MT_PROFILE", profile)
             .env("CARGO_TARGET_DIR", target)
             .env("MT_ADD_HTTP_BASE", self.http_base.to_string())
             .env("MT_ADD_CLUSTER_BASE", self.cluster_base.to_string())
@@ -276,7 +279,7 @@ fn cluster_script_manages_a_local_cluster_completely() {
 
     let up = cluster.run(&["up", "3"], Duration::from_secs(300));
     up.assert_ok("up 3");
-    up.assert_says("building micro-tomcat (dev profile");
+    up.assert_says("building micro-tomcat (");
     // cargo's own progress, not --quiet.
     assert!(up.stderr.contains("Finished"), "no cargo output:\n{up}");
     up.assert_says("3 members: 3 up");
