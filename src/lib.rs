@@ -14,6 +14,7 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod pid_file;
 pub mod proxy;
 pub mod raft;
 pub mod reload;

@@ -6,6 +6,7 @@ use clap::Parser;
 use micro_tomcat::cli::{Cli, Command};
 use micro_tomcat::config::{ClusterConfig, NodeConfig};
 use micro_tomcat::node::Node;
+use micro_tomcat::pid_file::PidFile;
 use micro_tomcat::reload::LogControl;
 use tokio_util::sync::CancellationToken;
 
@@ -166,6 +167,14 @@ async fn run_node(config: NodeConfig, log: LogControl) -> ExitCode {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!("error: cannot listen for HTTP on {}: {err}", config.me.http);
+            return ExitCode::from(2);
+        }
+    };
+    // Held until the node returns; dropping it removes the file.
+    let _pid_file = match PidFile::create(&config.data_dir) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("error: {err}");
             return ExitCode::from(2);
         }
     };
