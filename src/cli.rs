@@ -66,6 +66,87 @@ pub enum Command {
     },
 }
 
+/// One line for a usage error, per the contract "exit 1, one clear line": clap's own rendering spreads
+/// the useful part (which arguments are missing, the possible values) over several lines.
+pub fn usage_error_line(err: &clap::Error) -> String {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context_strings = |kind: ContextKind| match err.get(kind) {
+        Some(ContextValue::String(one)) => vec![one.clone()],
+        Some(ContextValue::Strings(many)) => many.clone(),
+        _ => Vec::new(),
+    };
+    let command = command_path(err);
+    match err.kind() {
+        ErrorKind::MissingRequiredArgument => {
+            let missing = context_strings(ContextKind::InvalidArg);
+            let missing = if missing.is_empty() {
+                "a required argument".to_string()
+            } else {
+                missing.join(", ")
+            };
+            format!("error: {command}: missing {missing} (see {command} --help)")
+        }
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let mut commands = context_strings(ContextKind::ValidSubcommand);
+            if commands.is_empty() {
+                commands = Cli::command()
+                    .get_subcommands()
+                    .map(|sub| sub.get_name().to_string())
+                    .collect();
+            }
+            format!(
+                "error: {command}: a command is needed, one of {} (see {command} --help)",
+                commands.join(", ")
+            )
+        }
+        _ => {
+            // Everything clap says before the usage block, on one line: the problem, then its
+            // details (`[possible values: ...]`, `tip: ...`).
+            let rendered = err.render().to_string();
+            let parts: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+                .filter(|line| !line.is_empty())
+                .collect();
+            let text = parts.join("; ");
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            let text = if text.is_empty() {
+                "invalid usage"
+            } else {
+                text
+            };
+            format!("error: {command}: {text} (see {command} --help)")
+        }
+    }
+}
+
+/// `micro-tomcat run` for an error in `run`'s flags: the command words of the usage clap attached,
+/// else the program name.
+fn command_path(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let usage = match err.get(ContextKind::Usage) {
+        Some(ContextValue::StyledStr(usage)) => usage.to_string(),
+        _ => String::new(),
+    };
+    let usage = usage.trim_start();
+    let usage = usage.strip_prefix("Usage:").unwrap_or(usage);
+    let words: Vec<&str> = usage
+        .split_whitespace()
+        .take_while(|word| {
+            word.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !word.starts_with('-')
+        })
+        .collect();
+    if words.is_empty() {
+        "micro-tomcat".to_string()
+    } else {
+        words.join(" ")
+    }
+}
+
 /// Flags of `run`; they override the config file.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -536,4 +617,59 @@ pub fn render_table(document: &Value) -> String {
         count("left")
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> String {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => panic!("expected a usage error, got {cli:?}"),
+            Err(err) => usage_error_line(&err),
+        }
+    }
+
+    #[test]
+    fn missing_arguments_are_named_on_one_line() {
+        let text = line(&["micro-tomcat", "run"]);
+        assert_eq!(
+            text,
+            "error: micro-tomcat run: missing --name <NAME> (see micro-tomcat run --help)"
+        );
+        let text = line(&["micro-tomcat", "restore"]);
+        assert!(
+            text.starts_with("error: micro-tomcat restore: missing <FILE>"),
+            "{text}"
+        );
+        let text = line(&["micro-tomcat", "drain"]);
+        assert!(text.contains("missing <NAME>"), "{text}");
+    }
+
+    #[test]
+    fn no_command_says_one_is_needed_and_lists_them() {
+        let text = line(&["micro-tomcat"]);
+        assert!(
+            text.starts_with("error: micro-tomcat: a command is needed, one of run, status,"),
+            "{text}"
+        );
+        for command in ["drain", "undrain", "backup", "restore", "check-config"] {
+            assert!(text.contains(command), "{text}");
+        }
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn other_errors_keep_their_details_on_one_line() {
+        let text = line(&["micro-tomcat", "status", "--format", "yaml"]);
+        assert!(text.contains("invalid value 'yaml'"), "{text}");
+        assert!(text.contains("possible values: table, json, xml"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        let text = line(&["micro-tomcat", "status", "--nod", "x"]);
+        assert!(
+            text.starts_with("error: micro-tomcat status: unexpected argument '--nod'"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+    }
 }

@@ -432,3 +432,42 @@ fn repo_example_checks_out() {
         assert!(line.contains(http) && line.contains(cluster), "{line}");
     }
 }
+
+/// Asserts a usage error: exit 1 and exactly one `error:` line on stderr holding `keywords`.
+fn assert_usage_error(outcome: &Outcome, keywords: &[&str]) {
+    let stderr = &outcome.stderr;
+    assert_eq!(outcome.status.code(), Some(1), "stderr: {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got {stderr:?}");
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    for keyword in keywords {
+        assert!(
+            lines[0].contains(keyword),
+            "{:?} should contain {keyword:?}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn run_without_name_names_the_missing_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = micro_tomcat(dir.path(), &["run", "--http", "127.0.0.1:1"]);
+    assert_usage_error(&outcome, &["micro-tomcat run", "missing --name <NAME>"]);
+}
+
+#[test]
+fn no_command_lists_the_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = micro_tomcat(dir.path(), &[]);
+    assert_usage_error(
+        &outcome,
+        &[
+            "a command is needed",
+            "run",
+            "status",
+            "backup",
+            "check-config",
+        ],
+    );
+}
