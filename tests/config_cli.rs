@@ -150,6 +150,18 @@ fn unclosed_tag() {
 }
 
 #[test]
+fn unclosed_node_names_where_it_opened() {
+    let nodes = "    <node name=\"node-1\" http=\"127.0.0.1:8081\" cluster=\"127.0.0.1:7001\">\n"
+        .to_string()
+        + &node("node-2", "127.0.0.1:8082", "127.0.0.1:7002");
+    check_config_fails(
+        "unclosed-node.xml",
+        &cluster_xml("", &nodes),
+        &[":7:", "<node> opened at line 5 is never closed", "</nodes>"],
+    );
+}
+
+#[test]
 fn unknown_attribute() {
     check_config_fails(
         "unknown-attr.xml",
