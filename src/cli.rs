@@ -451,12 +451,7 @@ pub async fn backup(
         status: status.as_u16(),
         body: err.to_string(),
     })?;
-    let temp = out.with_extension("partial");
-    let write = std::fs::write(&temp, &body).and_then(|()| std::fs::rename(&temp, out));
-    write.map_err(|err| StatusError::Unreachable {
-        url: out.display().to_string(),
-        reason: format!("cannot write the backup: {err}"),
-    })?;
+    write_backup(out, &body)?;
     Ok(format!(
         "{}: {} sessions of cluster {:?} at log index {} ({} bytes)",
         out.display(),
@@ -467,6 +462,34 @@ pub async fn backup(
     ))
 }
 
+/// Writes `body` to `out` through a temporary file and a rename, creating `out`'s folder when missing.
+/// Errors name the file, not the node.
+fn write_backup(out: &std::path::Path, body: &[u8]) -> Result<(), StatusError> {
+    let bad_file = |reason: String| StatusError::BadFile {
+        path: out.display().to_string(),
+        reason,
+    };
+    if let Some(parent) = out.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|err| {
+            bad_file(format!(
+                "cannot create the folder {} for the backup: {err}",
+                parent.display()
+            ))
+        })?;
+    }
+    let temp = out.with_extension("partial");
+    std::fs::write(&temp, body).map_err(|err| {
+        bad_file(format!(
+            "cannot write the backup (to {} first): {err}",
+            temp.display()
+        ))
+    })?;
+    std::fs::rename(&temp, out).map_err(|err| {
+        let _ = std::fs::remove_file(&temp);
+        bad_file(format!("cannot write the backup: {err}"))
+    })
+}
+
 /// Sends a backup file to `node`, which replays it into its cluster.
 pub async fn restore(
     node: &str,
@@ -474,8 +497,8 @@ pub async fn restore(
     token_file: Option<&std::path::Path>,
 ) -> Result<String, StatusError> {
     let token = authorization(token_file)?;
-    let bytes = std::fs::read(file).map_err(|err| StatusError::Unreachable {
-        url: file.display().to_string(),
+    let bytes = std::fs::read(file).map_err(|err| StatusError::BadFile {
+        path: file.display().to_string(),
         reason: format!("cannot read the backup: {err}"),
     })?;
     if let Err(err) = proto::raft::decode_backup_file(&bytes) {
@@ -657,6 +680,27 @@ mod tests {
             assert!(text.contains(command), "{text}");
         }
         assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn a_backup_creates_its_folder_and_write_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("new/deeper/backup.mtb");
+        write_backup(&out, b"bytes").expect("folders are created");
+        assert_eq!(std::fs::read(&out).expect("written"), b"bytes");
+        assert!(!out.with_extension("partial").exists());
+
+        // A plain file where the folder should be: an error about the file, not a node.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").expect("write blocker");
+        let out = blocker.join("backup.mtb");
+        let err = write_backup(&out, b"bytes").expect_err("cannot write under a file");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}: cannot create the folder", out.display())),
+            "{text}"
+        );
+        assert!(!text.contains("reach"), "{text}");
     }
 
     #[test]
