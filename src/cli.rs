@@ -66,6 +66,87 @@ pub enum Command {
     },
 }
 
+/// One line for a usage error, per the contract "exit 1, one clear line": clap's own rendering spreads
+/// the useful part (which arguments are missing, the possible values) over several lines.
+pub fn usage_error_line(err: &clap::Error) -> String {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context_strings = |kind: ContextKind| match err.get(kind) {
+        Some(ContextValue::String(one)) => vec![one.clone()],
+        Some(ContextValue::Strings(many)) => many.clone(),
+        _ => Vec::new(),
+    };
+    let command = command_path(err);
+    match err.kind() {
+        ErrorKind::MissingRequiredArgument => {
+            let missing = context_strings(ContextKind::InvalidArg);
+            let missing = if missing.is_empty() {
+                "a required argument".to_string()
+            } else {
+                missing.join(", ")
+            };
+            format!("error: {command}: missing {missing} (see {command} --help)")
+        }
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let mut commands = context_strings(ContextKind::ValidSubcommand);
+            if commands.is_empty() {
+                commands = Cli::command()
+                    .get_subcommands()
+                    .map(|sub| sub.get_name().to_string())
+                    .collect();
+            }
+            format!(
+                "error: {command}: a command is needed, one of {} (see {command} --help)",
+                commands.join(", ")
+            )
+        }
+        _ => {
+            // Everything clap says before the usage block, on one line: the problem, then its
+            // details (`[possible values: ...]`, `tip: ...`).
+            let rendered = err.render().to_string();
+            let parts: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+                .filter(|line| !line.is_empty())
+                .collect();
+            let text = parts.join("; ");
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            let text = if text.is_empty() {
+                "invalid usage"
+            } else {
+                text
+            };
+            format!("error: {command}: {text} (see {command} --help)")
+        }
+    }
+}
+
+/// `micro-tomcat run` for an error in `run`'s flags: the command words of the usage clap attached,
+/// else the program name.
+fn command_path(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let usage = match err.get(ContextKind::Usage) {
+        Some(ContextValue::StyledStr(usage)) => usage.to_string(),
+        _ => String::new(),
+    };
+    let usage = usage.trim_start();
+    let usage = usage.strip_prefix("Usage:").unwrap_or(usage);
+    let words: Vec<&str> = usage
+        .split_whitespace()
+        .take_while(|word| {
+            word.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !word.starts_with('-')
+        })
+        .collect();
+    if words.is_empty() {
+        "micro-tomcat".to_string()
+    } else {
+        words.join(" ")
+    }
+}
+
 /// Flags of `run`; they override the config file.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -370,12 +451,7 @@ pub async fn backup(
         status: status.as_u16(),
         body: err.to_string(),
     })?;
-    let temp = out.with_extension("partial");
-    let write = std::fs::write(&temp, &body).and_then(|()| std::fs::rename(&temp, out));
-    write.map_err(|err| StatusError::Unreachable {
-        url: out.display().to_string(),
-        reason: format!("cannot write the backup: {err}"),
-    })?;
+    write_backup(out, &body)?;
     Ok(format!(
         "{}: {} sessions of cluster {:?} at log index {} ({} bytes)",
         out.display(),
@@ -386,6 +462,34 @@ pub async fn backup(
     ))
 }
 
+/// Writes `body` to `out` through a temporary file and a rename, creating `out`'s folder when missing.
+/// Errors name the file, not the node.
+fn write_backup(out: &std::path::Path, body: &[u8]) -> Result<(), StatusError> {
+    let bad_file = |reason: String| StatusError::BadFile {
+        path: out.display().to_string(),
+        reason,
+    };
+    if let Some(parent) = out.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|err| {
+            bad_file(format!(
+                "cannot create the folder {} for the backup: {err}",
+                parent.display()
+            ))
+        })?;
+    }
+    let temp = out.with_extension("partial");
+    std::fs::write(&temp, body).map_err(|err| {
+        bad_file(format!(
+            "cannot write the backup (to {} first): {err}",
+            temp.display()
+        ))
+    })?;
+    std::fs::rename(&temp, out).map_err(|err| {
+        let _ = std::fs::remove_file(&temp);
+        bad_file(format!("cannot write the backup: {err}"))
+    })
+}
+
 /// Sends a backup file to `node`, which replays it into its cluster.
 pub async fn restore(
     node: &str,
@@ -393,8 +497,8 @@ pub async fn restore(
     token_file: Option<&std::path::Path>,
 ) -> Result<String, StatusError> {
     let token = authorization(token_file)?;
-    let bytes = std::fs::read(file).map_err(|err| StatusError::Unreachable {
-        url: file.display().to_string(),
+    let bytes = std::fs::read(file).map_err(|err| StatusError::BadFile {
+        path: file.display().to_string(),
         reason: format!("cannot read the backup: {err}"),
     })?;
     if let Err(err) = proto::raft::decode_backup_file(&bytes) {
@@ -569,4 +673,80 @@ fn render_quorum(quorum: &Value) -> String {
     }
     line.push('\n');
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> String {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => panic!("expected a usage error, got {cli:?}"),
+            Err(err) => usage_error_line(&err),
+        }
+    }
+
+    #[test]
+    fn missing_arguments_are_named_on_one_line() {
+        let text = line(&["micro-tomcat", "run"]);
+        assert_eq!(
+            text,
+            "error: micro-tomcat run: missing --name <NAME> (see micro-tomcat run --help)"
+        );
+        let text = line(&["micro-tomcat", "restore"]);
+        assert!(
+            text.starts_with("error: micro-tomcat restore: missing <FILE>"),
+            "{text}"
+        );
+        let text = line(&["micro-tomcat", "drain"]);
+        assert!(text.contains("missing <NAME>"), "{text}");
+    }
+
+    #[test]
+    fn no_command_says_one_is_needed_and_lists_them() {
+        let text = line(&["micro-tomcat"]);
+        assert!(
+            text.starts_with("error: micro-tomcat: a command is needed, one of run, status,"),
+            "{text}"
+        );
+        for command in ["drain", "undrain", "backup", "restore", "check-config"] {
+            assert!(text.contains(command), "{text}");
+        }
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn a_backup_creates_its_folder_and_write_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("new/deeper/backup.mtb");
+        write_backup(&out, b"bytes").expect("folders are created");
+        assert_eq!(std::fs::read(&out).expect("written"), b"bytes");
+        assert!(!out.with_extension("partial").exists());
+
+        // A plain file where the folder should be: an error about the file, not a node.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").expect("write blocker");
+        let out = blocker.join("backup.mtb");
+        let err = write_backup(&out, b"bytes").expect_err("cannot write under a file");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}: cannot create the folder", out.display())),
+            "{text}"
+        );
+        assert!(!text.contains("reach"), "{text}");
+    }
+
+    #[test]
+    fn other_errors_keep_their_details_on_one_line() {
+        let text = line(&["micro-tomcat", "status", "--format", "yaml"]);
+        assert!(text.contains("invalid value 'yaml'"), "{text}");
+        assert!(text.contains("possible values: table, json, xml"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        let text = line(&["micro-tomcat", "status", "--nod", "x"]);
+        assert!(
+            text.starts_with("error: micro-tomcat status: unexpected argument '--nod'"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+    }
 }

@@ -19,9 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid usage");
-            eprintln!("{first} (see micro-tomcat --help)");
+            eprintln!("{}", micro_tomcat::cli::usage_error_line(&err));
             return ExitCode::from(1);
         }
     };

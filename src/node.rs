@@ -18,7 +18,7 @@ use crate::events::EventLog;
 use crate::http;
 use crate::http::server::AcceptHealth;
 use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsStatus};
-use crate::membership::{MemberState, Membership, MembershipError};
+use crate::membership::{MemberInfo, MemberState, Membership, MembershipError, MembershipView};
 use crate::metrics::Metrics;
 use crate::metrics::http::Measured;
 use crate::raft::replica::{Replica, ReplicaError};
@@ -213,14 +213,7 @@ impl NodeContext {
     pub fn readiness(&self) -> Result<(), String> {
         self.accept_health().check()?;
         let view = self.membership().view();
-        let alone = self.config().seeds.is_empty();
-        let others_up = view
-            .members
-            .iter()
-            .any(|member| !member.is_self && member.state == MemberState::Up);
-        if !alone && !others_up {
-            return Err("no other member reachable through gossip yet".to_string());
-        }
+        gossip_readiness(&view, self.config().seeds.is_empty())?;
         if let Some(upstream) = self.upstream()
             && !upstream.is_healthy()
         {
@@ -233,6 +226,30 @@ impl NodeContext {
             None => Ok(()),
         }
     }
+}
+
+/// `Ok` when this node is alone by design or sees another member up. Otherwise says whether it
+/// never heard from another member ("yet") or heard from some and lost them, naming them.
+fn gossip_readiness(view: &MembershipView, alone: bool) -> Result<(), String> {
+    let others: Vec<&MemberInfo> = view.members.iter().filter(|m| !m.is_self).collect();
+    if alone || others.iter().any(|member| member.state == MemberState::Up) {
+        return Ok(());
+    }
+    // A generation is known only for a member this node has heard from.
+    let lost: Vec<String> = others
+        .iter()
+        .filter(|member| member.generation.is_some())
+        .map(|member| format!("{} {}", member.name, member.state.as_str()))
+        .collect();
+    if lost.is_empty() {
+        return Err("no other member reachable through gossip yet".to_string());
+    }
+    let noun = if lost.len() == 1 { "member" } else { "members" };
+    Err(format!(
+        "no other member reachable through gossip ({} {noun} seen before, none up now: {})",
+        lost.len(),
+        lost.join(", ")
+    ))
 }
 
 /// Prints what the node will run with: every configured node and its own addresses.
@@ -706,4 +723,55 @@ async fn serve(
     }
     info!(node = %name, "stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, state: MemberState, heard: bool, is_self: bool) -> MemberInfo {
+        let mut member = MemberInfo::new(
+            name.to_string(),
+            None,
+            "127.0.0.1:7001".parse().expect("address"),
+            state,
+        );
+        member.generation = heard.then_some(1);
+        member.is_self = is_self;
+        member
+    }
+
+    fn view(members: Vec<MemberInfo>) -> MembershipView {
+        MembershipView {
+            version: 1,
+            members,
+        }
+    }
+
+    #[test]
+    fn gossip_readiness_tells_never_seen_from_lost() {
+        let me = || member("node-1", MemberState::Up, true, true);
+        let never = view(vec![
+            me(),
+            member("node-2", MemberState::Down, false, false),
+            member("node-3", MemberState::Down, false, false),
+        ]);
+        assert_eq!(
+            gossip_readiness(&never, false),
+            Err("no other member reachable through gossip yet".to_string())
+        );
+        assert_eq!(gossip_readiness(&never, true), Ok(()));
+        let lost = view(vec![
+            me(),
+            member("node-2", MemberState::Down, true, false),
+            member("node-3", MemberState::Left, true, false),
+            member("node-4", MemberState::Down, false, false),
+        ]);
+        assert_eq!(
+            gossip_readiness(&lost, false),
+            Err("no other member reachable through gossip (2 members seen before, none up now: node-2 down, node-3 left)".to_string())
+        );
+        let one_up = view(vec![me(), member("node-2", MemberState::Up, true, false)]);
+        assert_eq!(gossip_readiness(&one_up, false), Ok(()));
+    }
 }

@@ -150,6 +150,18 @@ fn unclosed_tag() {
 }
 
 #[test]
+fn unclosed_node_names_where_it_opened() {
+    let nodes = "    <node name=\"node-1\" http=\"127.0.0.1:8081\" cluster=\"127.0.0.1:7001\">\n"
+        .to_string()
+        + &node("node-2", "127.0.0.1:8082", "127.0.0.1:7002");
+    check_config_fails(
+        "unclosed-node.xml",
+        &cluster_xml("", &nodes),
+        &[":7:", "<node> opened at line 5 is never closed", "</nodes>"],
+    );
+}
+
+#[test]
 fn unknown_attribute() {
     check_config_fails(
         "unknown-attr.xml",
@@ -431,4 +443,43 @@ fn repo_example_checks_out() {
             .unwrap_or_else(|| panic!("{name} not listed in {:?}", outcome.stdout));
         assert!(line.contains(http) && line.contains(cluster), "{line}");
     }
+}
+
+/// Asserts a usage error: exit 1 and exactly one `error:` line on stderr holding `keywords`.
+fn assert_usage_error(outcome: &Outcome, keywords: &[&str]) {
+    let stderr = &outcome.stderr;
+    assert_eq!(outcome.status.code(), Some(1), "stderr: {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got {stderr:?}");
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    for keyword in keywords {
+        assert!(
+            lines[0].contains(keyword),
+            "{:?} should contain {keyword:?}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn run_without_name_names_the_missing_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = micro_tomcat(dir.path(), &["run", "--http", "127.0.0.1:1"]);
+    assert_usage_error(&outcome, &["micro-tomcat run", "missing --name <NAME>"]);
+}
+
+#[test]
+fn no_command_lists_the_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = micro_tomcat(dir.path(), &[]);
+    assert_usage_error(
+        &outcome,
+        &[
+            "a command is needed",
+            "run",
+            "status",
+            "backup",
+            "check-config",
+        ],
+    );
 }

@@ -60,6 +60,17 @@ impl RoutingKey {
     }
 }
 
+/// For people (`/cluster/route`): `session 0a1b...`, `client 127.0.0.1`, or `none`.
+impl std::fmt::Display for RoutingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoutingKey::Session(id) => write!(f, "session {id}"),
+            RoutingKey::Client(ip) => write!(f, "client {ip}"),
+            RoutingKey::None => f.write_str("none"),
+        }
+    }
+}
+
 /// The members that accept work, sorted by name, with the Maglev table built on first use.
 pub struct BalancerSnapshot {
     targets: Vec<Target>,
@@ -242,6 +253,15 @@ pub(crate) mod tests {
         let names: Vec<&str> = snapshot.targets().iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["node-1", "node-2", "node-3"]);
         assert_eq!(snapshot.targets()[1].http_addr.port(), 8082);
+    }
+
+    #[test]
+    fn routing_key_displays_as_plain_text() {
+        let session = RoutingKey::Session("0a1b2c".into());
+        assert_eq!(session.to_string(), "session 0a1b2c");
+        let client = RoutingKey::Client(IpAddr::from([10, 0, 0, 7]));
+        assert_eq!(client.to_string(), "client 10.0.0.7");
+        assert_eq!(RoutingKey::None.to_string(), "none");
     }
 
     #[test]

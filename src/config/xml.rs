@@ -4,6 +4,7 @@
 //! and any text content, and leaves names, attributes and values to `validate`.
 
 use quick_xml::Reader;
+use quick_xml::errors::IllFormedError;
 use quick_xml::events::attributes::AttrError;
 use quick_xml::events::{BytesStart, Event};
 
@@ -84,10 +85,21 @@ pub(super) fn parse_document(text: &str, file: &str) -> Result<RawElement, Confi
         let event = match reader.read_event() {
             Ok(event) => event,
             Err(err) => {
-                return Err(malformed(
-                    lines.line_of(reader.error_position()),
-                    xml_error_message(&err),
-                ));
+                let mut message = xml_error_message(&err);
+                // quick-xml names the element left open but not where it opened, which is the
+                // line the mistake is on (the mismatched end tag is only where it shows).
+                if let quick_xml::Error::IllFormed(IllFormedError::MismatchedEndTag {
+                    expected,
+                    found,
+                }) = &err
+                    && let Some(unclosed) = open.last()
+                {
+                    message = format!(
+                        "<{expected}> opened at line {} is never closed (found </{found}> where </{expected}> was expected; write <{expected} .../> or add </{expected}>)",
+                        unclosed.line
+                    );
+                }
+                return Err(malformed(lines.line_of(reader.error_position()), message));
             }
         };
         match event {
@@ -424,6 +436,18 @@ mod tests {
             msg.starts_with("t.xml:1: malformed XML: in <cluster>: attribute id"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn unclosed_node_names_the_line_it_opened() {
+        let text = "<cluster id=\"a\">\n  <nodes>\n    <node name=\"n\">\n    <node name=\"m\"/>\n  </nodes>\n</cluster>\n";
+        let msg = message(text);
+        assert!(msg.starts_with("t.xml:5: malformed XML:"), "{msg}");
+        assert!(
+            msg.contains("<node> opened at line 3 is never closed"),
+            "{msg}"
+        );
+        assert!(msg.contains("</nodes>"), "{msg}");
     }
 
     #[test]

@@ -213,7 +213,7 @@ async fn route_of(State(context): State<NodeContext>, Query(query): Query<RouteQ
         crate::balancer::RoutingKey::for_request(routing.key(), query.session.as_deref(), query.ip);
     axum::Json(serde_json::json!({
         "strategy": routing.strategy().as_str(),
-        "key": format!("{key:?}"),
+        "key": key.to_string(),
         "owners": routing.owners(&key),
     }))
     .into_response()
