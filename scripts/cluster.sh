@@ -379,9 +379,25 @@ stop() {
     return 0
   fi
   [ -s "$home/nodes/$name.args" ] || record_from_proc "$name" "${pids[0]}"
+  quorum_warning "$name"
   stop_pids "${pids[@]}"
   rm -f "$home/pids/$name.pid"
   echo "stopped $name (pid ${pids[*]})"
+}
+
+# Before a node stops: warn when the cluster would be left without a Raft quorum (the status table's
+# voters line says so). A warning, not a refusal: stopping may be what the operator wants.
+quorum_warning() {
+  local url line
+  url=$(status_url) || return 0
+  [ -x "$bin" ] || return 0
+  line=$("$bin" status --node "$url" 2>/dev/null | grep '^raft voters:') || return 0
+  case "$line" in
+    *"NO QUORUM"*)
+      echo "cluster.sh: warning: the cluster has no Raft quorum already ($line)" >&2 ;;
+    *"one more voter down loses the quorum"*)
+      echo "cluster.sh: warning: stopping $1 may leave the cluster without a Raft quorum until it is back ($line)" >&2 ;;
+  esac
 }
 
 restart() {
