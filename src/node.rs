@@ -213,7 +213,13 @@ impl NodeContext {
     pub fn readiness(&self) -> Result<(), String> {
         self.accept_health().check()?;
         let view = self.membership().view();
-        gossip_readiness(&view, self.config().seeds.is_empty())?;
+        if let Err(gossip) = gossip_readiness(&view, self.config().seeds.is_empty()) {
+            // A leader that lost its peers lost its quorum too: say both.
+            return Err(match self.replica().quorum_problem() {
+                Some(quorum) if self.replica().is_leader() => format!("{gossip}; {quorum}"),
+                _ => gossip,
+            });
+        }
         if let Some(upstream) = self.upstream()
             && !upstream.is_healthy()
         {

@@ -120,6 +120,10 @@ async fn lose_quorum_then_get_it_back(survivor_is_leader: bool) {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap_or_default();
+    if survivor_is_leader {
+        assert!(why.contains("no quorum"), "{why}");
+    }
     let table = std::process::Command::new(common::BIN)
         .args(["status", "--node", &url])
         .output()
