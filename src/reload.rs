@@ -66,39 +66,38 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
             is.retries
         ));
     }
-    if was.connect_timeout != is.connect_timeout {
-        applied.push(format!(
-            "proxy connect timeout {} ms -> {} ms",
-            was.connect_timeout.as_millis(),
-            is.connect_timeout.as_millis()
-        ));
-    }
-    if was.response_timeout != is.response_timeout {
-        applied.push(format!(
-            "proxy response timeout {} ms -> {} ms",
-            was.response_timeout.as_millis(),
-            is.response_timeout.as_millis()
-        ));
-    }
-    if old.sessions.ttl != new.sessions.ttl {
-        applied.push(format!(
-            "session ttl {}s -> {}s",
-            old.sessions.ttl.as_secs(),
-            new.sessions.ttl.as_secs()
-        ));
-    }
-    if old.sessions.max_active != new.sessions.max_active {
-        applied.push(format!(
-            "session max-active {} -> {}",
-            old.sessions.max_active, new.sessions.max_active
-        ));
-    }
-    if old.sessions.create_rate_per_ip != new.sessions.create_rate_per_ip {
-        applied.push(format!(
-            "session create-rate-per-ip {}/s -> {}/s",
-            old.sessions.create_rate_per_ip, new.sessions.create_rate_per_ip
-        ));
-    }
+    let ms = |duration: std::time::Duration| duration.as_millis();
+    applied.extend(changed(
+        "proxy connect timeout",
+        ms(was.connect_timeout),
+        ms(is.connect_timeout),
+        " ms",
+    ));
+    applied.extend(changed(
+        "proxy response timeout",
+        ms(was.response_timeout),
+        ms(is.response_timeout),
+        " ms",
+    ));
+    let (was, is) = (&old.sessions, &new.sessions);
+    applied.extend(changed(
+        "session ttl",
+        was.ttl.as_secs(),
+        is.ttl.as_secs(),
+        "s",
+    ));
+    applied.extend(changed(
+        "session max-active",
+        was.max_active,
+        is.max_active,
+        "",
+    ));
+    applied.extend(changed(
+        "session create-rate-per-ip",
+        was.create_rate_per_ip,
+        is.create_rate_per_ip,
+        "/s",
+    ));
     if old.logging != new.logging {
         applied.push(format!(
             "log level {:?} -> {:?}",
@@ -150,28 +149,40 @@ fn compare(old: &ClusterConfig, new: &ClusterConfig) -> (Vec<String>, Vec<&'stat
 
 /// The `<http>` bounds that changed, one phrase each.
 fn compare_http(old: &HttpConfig, new: &HttpConfig) -> Vec<String> {
-    let mut changes = Vec::new();
-    if old.max_connections != new.max_connections {
-        changes.push(format!(
-            "http max connections {} -> {}",
-            old.max_connections, new.max_connections
-        ));
-    }
-    if old.header_timeout != new.header_timeout {
-        changes.push(format!(
-            "http header timeout {} ms -> {} ms",
-            old.header_timeout.as_millis(),
-            new.header_timeout.as_millis()
-        ));
-    }
-    if old.idle_timeout != new.idle_timeout {
-        changes.push(format!(
-            "http idle timeout {} ms -> {} ms",
-            old.idle_timeout.as_millis(),
-            new.idle_timeout.as_millis()
-        ));
-    }
-    changes
+    let ms = |duration: std::time::Duration| duration.as_millis();
+    [
+        changed(
+            "http max connections",
+            old.max_connections,
+            new.max_connections,
+            "",
+        ),
+        changed(
+            "http header timeout",
+            ms(old.header_timeout),
+            ms(new.header_timeout),
+            " ms",
+        ),
+        changed(
+            "http idle timeout",
+            ms(old.idle_timeout),
+            ms(new.idle_timeout),
+            " ms",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `"{what} {old}{unit} -> {new}{unit}"` when the value changed.
+fn changed<T: PartialEq + std::fmt::Display>(
+    what: &str,
+    old: T,
+    new: T,
+    unit: &str,
+) -> Option<String> {
+    (old != new).then(|| format!("{what} {old}{unit} -> {new}{unit}"))
 }
 
 /// `every 3600s, keep 24, in /var/backups` or `off`.

@@ -753,33 +753,32 @@ pub fn throttle_foreign_warnings<S>() -> impl tracing_subscriber::layer::Filter<
     })
 }
 
-/// At most one event per `interval` for each call site (each `warn!` in the source).
+/// At most one event per `interval` for each call site (each `warn!` in the source): a
+/// [`LogThrottle`] per call site.
 struct CallsiteThrottle {
     interval: Duration,
-    last: Mutex<Option<HashMap<tracing::callsite::Identifier, Instant>>>,
+    by_callsite: Mutex<Option<HashMap<tracing::callsite::Identifier, LogThrottle>>>,
 }
 
 impl CallsiteThrottle {
     const fn new(interval: Duration) -> CallsiteThrottle {
         CallsiteThrottle {
             interval,
-            last: Mutex::new(None),
+            by_callsite: Mutex::new(None),
         }
     }
 
     fn allow(&self, callsite: tracing::callsite::Identifier) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let seen = last
+        let mut by_callsite = self
+            .by_callsite
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_callsite
             .get_or_insert_with(HashMap::new)
             .entry(callsite)
-            .or_insert(now);
-        if *seen == now || now.duration_since(*seen) >= self.interval {
-            *seen = now;
-            true
-        } else {
-            false
-        }
+            .or_insert_with(|| LogThrottle::new(self.interval))
+            .allow()
+            .is_some()
     }
 }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
@@ -822,18 +822,16 @@ pub struct Network {
 
 /// Failed Raft calls by peer, so that a dead voter costs one log line per 10 s by name (with the
 /// count held back), and its return one line, instead of openraft's four lines per retry.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct PeerFailures {
     by_peer: Mutex<HashMap<NodeId, PeerFailure>>,
 }
 
-#[derive(Debug, Default)]
 struct PeerFailure {
     /// Failed calls since the peer last answered.
     failed: u64,
-    /// Failed calls not logged since the last line.
-    held_back: u64,
-    last_logged: Option<Instant>,
+    /// Lets the first failure through, then one line per [`PEER_FAILURE_LOG_EVERY`].
+    log: LogThrottle,
 }
 
 /// How often a peer that keeps failing is logged.
@@ -842,33 +840,27 @@ const PEER_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 impl PeerFailures {
     fn failed(&self, target: NodeId, name: &str, addr: SocketAddr, error: &str) {
         let mut by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = by_peer.entry(target).or_default();
+        let entry = by_peer.entry(target).or_insert_with(|| PeerFailure {
+            failed: 0,
+            log: LogThrottle::new(PEER_FAILURE_LOG_EVERY),
+        });
         entry.failed += 1;
-        let now = Instant::now();
-        if entry
-            .last_logged
-            .is_some_and(|at| now.duration_since(at) < PEER_FAILURE_LOG_EVERY)
-        {
-            entry.held_back += 1;
-            return;
+        if let Some(held_back) = entry.log.allow() {
+            warn!(
+                peer = %name,
+                %addr,
+                failed = entry.failed,
+                held_back,
+                "raft: cannot reach {name}: {}",
+                escape_for_log(error)
+            );
         }
-        let held_back = std::mem::take(&mut entry.held_back);
-        entry.last_logged = Some(now);
-        warn!(
-            peer = %name,
-            %addr,
-            failed = entry.failed,
-            held_back,
-            "raft: cannot reach {name}: {}",
-            escape_for_log(error)
-        );
     }
 
+    /// The peer answered: its first failure was logged, so its return is too.
     fn answered(&self, target: NodeId, name: &str) {
         let mut by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = by_peer.remove(&target)
-            && entry.last_logged.is_some()
-        {
+        if let Some(entry) = by_peer.remove(&target) {
             info!(peer = %name, failed = entry.failed, "raft: {name} answers again");
         }
     }

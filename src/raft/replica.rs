@@ -492,7 +492,9 @@ impl Replica {
     /// The voters and the quorum as this node sees them now (see [`QuorumStatus`]).
     pub fn quorum(&self) -> QuorumStatus {
         let view = self.membership.view();
-        let metrics = self.raft.metrics().borrow().clone();
+        // Read in place: nothing below waits, so the watch is not held across an await.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let mut voters = 0;
         let mut live = 0;
