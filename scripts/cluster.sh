@@ -25,7 +25,7 @@
 # added nodes, default 8080 / 7000).
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$(realpath "$0")")/.." && pwd)
 home=$(realpath -m "${MT_HOME:-$root/.cluster}")
 profile=${MT_PROFILE:-release}
 config=$(realpath -m "${MT_CONFIG:-$root/cluster-config.xml}")
