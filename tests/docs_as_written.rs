@@ -1,5 +1,6 @@
-//! docs/operations.md runs as written: every shell command of its code blocks (the `$ ` lines, and
-//! every line of its `sh` blocks) is taken from the file and run in the order the manual gives them,
+//! docs/operations.md and README.md run as written: every shell command of their code blocks
+//! (the `$ ` lines, and every line of an `sh` block without them) is taken from the file and run in the
+//! order the page gives them,
 //! against a scratch cluster of the shipped `cluster-config.xml` started with `scripts/cluster.sh up
 //! 3`, from a scratch folder (so `.cluster`, `jar` and the backups land there). The cluster runs in a
 //! network namespace of its own (`unshare --net`), so the manual's ports (8081.., 7001..) are used
@@ -33,6 +34,7 @@ fn commands_of(markdown: &str) -> Vec<DocCommand> {
     let mut commands: Vec<DocCommand> = Vec::new();
     let mut fence: Option<String> = None;
     let mut section = String::new();
+    let mut transcript = false;
     let mut lines = markdown.lines().enumerate().peekable();
     while let Some((index, line)) = lines.next() {
         if let Some(info) = line.strip_prefix("```") {
@@ -40,6 +42,12 @@ fn commands_of(markdown: &str) -> Vec<DocCommand> {
                 Some(_) => None,
                 None => Some(info.trim().to_string()),
             };
+            // An `sh` block with `$ ` lines is a transcript, like the others.
+            transcript = markdown
+                .lines()
+                .skip(index + 1)
+                .take_while(|line| !line.starts_with("```"))
+                .any(|line| line.starts_with("$ "));
             continue;
         }
         let Some(info) = fence.as_deref() else {
@@ -48,7 +56,7 @@ fn commands_of(markdown: &str) -> Vec<DocCommand> {
             }
             continue;
         };
-        let text = if info == "sh" {
+        let text = if info == "sh" && !transcript {
             Some(line)
         } else {
             line.strip_prefix("$ ")
@@ -84,6 +92,9 @@ fn commands_of(markdown: &str) -> Vec<DocCommand> {
 
 /// Why a command of the manual is not run here, if it is not.
 fn skip_reason(section: &str, text: &str) -> Option<&'static str> {
+    if section == "Two commands" && text.starts_with("scripts/cluster.sh up 3") {
+        return Some("the README's tour starts the same cluster with the same command");
+    }
     if section == "Admin calls with a token" {
         return Some("the admin calls need a cluster with a token: tests/security.rs");
     }
@@ -96,10 +107,7 @@ fn skip_reason(section: &str, text: &str) -> Option<&'static str> {
             "git diff OLD NEW",
             "OLD and NEW stand for the two versions being compared",
         ),
-        (
-            "cargo test",
-            "the golden tests are part of the suite that runs this test",
-        ),
+        ("cargo test", "the tests are the suite that runs this test"),
         (
             "ls backups",
             "periodic backups need <backup> in the file: tests/backup.rs",
@@ -177,7 +185,12 @@ fn shown_codes(shown: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The keys of a JSON object on one line (a `# comment` after it left out).
 fn json_keys(line: &str) -> Option<BTreeSet<String>> {
+    let line = match line.rfind("} ") {
+        Some(end) if line[end + 1..].trim_start().starts_with('#') => &line[..=end],
+        _ => line,
+    };
     let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
     Some(value.as_object()?.keys().cloned().collect())
 }
@@ -213,7 +226,6 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn operations_manual_runs_as_written() {
-    let _lock = cluster_lock();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manual = std::fs::read_to_string(repo.join("docs/operations.md")).expect("read the manual");
     // The version numbers the upgrade section gives are the ones the code speaks.
@@ -238,6 +250,26 @@ fn operations_manual_runs_as_written() {
         "found only {} commands",
         commands.len()
     );
+    walk("docs/operations.md", &commands);
+}
+
+#[test]
+fn readme_runs_as_written() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).expect("read the README");
+    let commands = commands_of(&readme);
+    assert!(
+        commands.len() > 10,
+        "found only {} commands in the README",
+        commands.len()
+    );
+    walk("README.md", &commands);
+}
+
+/// Runs `commands` of the page `page` in order in a scratch folder, and checks each.
+fn walk(page: &str, commands: &[DocCommand]) {
+    let _lock = cluster_lock();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
 
     let scratch = tempfile::tempdir().expect("tempdir");
     let work = scratch.path().canonicalize().expect("tempdir path");
@@ -261,6 +293,9 @@ fn operations_manual_runs_as_written() {
     let bin_dir = work.join("bin");
     std::fs::create_dir(&bin_dir).expect("bin dir");
     std::os::unix::fs::symlink(BIN, bin_dir.join("micro-tomcat")).expect("link the binary");
+    // The README names the binary by its path in the repository.
+    std::fs::create_dir_all(work.join("target/release")).expect("target dir");
+    std::os::unix::fs::symlink(BIN, work.join("target/release/micro-tomcat")).expect("link");
     let out = work.join("out");
     std::fs::create_dir(&out).expect("out dir");
 
@@ -285,6 +320,7 @@ fn operations_manual_runs_as_written() {
     driver.push_str("run() { timeout -k 5 120 bash \"out/$1.sh\" >\"out/$1.out\" 2>&1 </dev/null; echo $? >\"out/$1.rc\"; }\n");
     let mut ran = Vec::new();
     let mut skipped = Vec::new();
+    let mut ids: Vec<(usize, String)> = Vec::new();
     for (index, command) in commands.iter().enumerate() {
         let restore = command.text.contains("micro-tomcat restore");
         if let Some(reason) = skip_reason(&command.section, &command.text).filter(|_| !restore) {
@@ -315,6 +351,12 @@ fn operations_manual_runs_as_written() {
         std::fs::write(out.join(format!("{index}.sh")), &text).expect("write command");
         driver.push_str(&format!("run {index}\n"));
         ran.push(index);
+        if let [only] = command.shown.as_slice()
+            && let Ok(answer) = serde_json::from_str::<serde_json::Value>(only)
+            && let Some(id) = answer.get("id").and_then(|id| id.as_str())
+        {
+            ids.push((index, id.to_string()));
+        }
     }
     driver.push_str("scripts/cluster.sh down > out/down.out 2>&1; echo $? > out/down.rc\n");
     std::fs::write(work.join("driver.sh"), driver).expect("write the driver");
@@ -399,7 +441,7 @@ fn operations_manual_runs_as_written() {
     let left = processes_under(&work);
     assert!(
         failures.is_empty(),
-        "{} of {} commands of docs/operations.md failed ({took:?}; skipped: {}):\n\n{}",
+        "{} of {} commands of {page} failed ({took:?}; skipped: {}):\n\n{}",
         failures.len(),
         ran.len(),
         skipped.len(),
@@ -410,7 +452,7 @@ fn operations_manual_runs_as_written() {
         "processes left after `scripts/cluster.sh down`: {left:?}"
     );
     eprintln!(
-        "ran {} commands of docs/operations.md in {took:?}; skipped {}:\n{}",
+        "ran {} commands of {page} in {took:?}; skipped {}:\n{}",
         ran.len(),
         skipped.len(),
         skipped.join("\n")
