@@ -29,7 +29,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use openraft::ServerState;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -413,7 +412,7 @@ fn observe(
                 }
             }
             AlertCondition::NoLeader => {
-                if context.replica().metrics().current_leader.is_none() {
+                if context.replica().status().leader.is_none() {
                     observed.push(Observation {
                         key: key(None),
                         summary: format!("no Raft leader (seen from {me})"),
@@ -482,15 +481,12 @@ fn observe(
 
 /// Who sends notifications as this node sees it: the Raft leader, else the first `up` member by name.
 fn notifier(context: &NodeContext) -> Option<String> {
-    let metrics = context.replica().metrics();
-    if metrics.state == ServerState::Leader {
+    let raft = context.replica().status();
+    if raft.is_leader() {
         return Some(context.config().me.name.clone());
     }
-    if let Some(leader) = metrics.current_leader {
-        let membership = metrics.membership_config.membership();
-        if let Some(node) = membership.get_node(&leader) {
-            return Some(node.name.clone());
-        }
+    if let Some(name) = raft.leader_name {
+        return Some(name);
     }
     let view = context.membership().view();
     view.members

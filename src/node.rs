@@ -147,45 +147,31 @@ impl NodeContext {
             &view,
             self.membership().traffic(),
         );
-        let metrics = self.replica().metrics();
-        let raft_config = metrics.membership_config.membership();
-        let name_of = |id: u64| {
-            raft_config
-                .get_node(&id)
-                .map(|node| node.name.clone())
-                .unwrap_or_else(|| format!("raft-{id}"))
-        };
-        let sorted_names = |ids: &[u64]| {
-            let mut names: Vec<String> = ids.iter().map(|id| name_of(*id)).collect();
-            names.sort();
-            names
-        };
-        let voters: Vec<u64> = raft_config.voter_ids().collect();
-        let learners: Vec<u64> = raft_config.learner_ids().collect();
+        let raft = self.replica().status();
         for row in &mut status.members {
             let raft_id = view.member(&row.name).and_then(|member| member.raft_id);
             row.raft_role = raft_id.and_then(|id| {
-                if voters.contains(&id) {
+                if raft.is_voter(id) {
                     Some("voter".to_string())
-                } else if learners.contains(&id) {
+                } else if raft.is_learner(id) {
                     Some("learner".to_string())
                 } else {
                     None
                 }
             });
         }
-        let leader = metrics.current_leader.map(name_of);
+        let leader = raft.leader_label();
         status.leader = leader.clone();
-        let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
+        let applied = raft.applied_index.unwrap_or(0);
         status.raft = Some(RaftStatus {
-            term: metrics.current_term,
+            term: raft.term,
             leader,
             // A follower only knows the commit index through what it applied.
             commit_index: applied,
             applied_index: applied,
-            voters: sorted_names(&voters),
-            learners: sorted_names(&learners),
-            quorum: self.replica().quorum(),
+            voters: raft.voter_names(),
+            learners: raft.learner_names(),
+            quorum: raft.quorum,
         });
         let routing = self.routing();
         status.balancer = Some(BalancerStatus {

@@ -76,7 +76,7 @@ pub struct RaftStatus {
     /// Non-voting members.
     pub learners: Vec<String>,
     /// Voters live versus needed, the absent ones, and whether a quorum stands.
-    pub quorum: crate::raft::replica::QuorumStatus,
+    pub quorum: crate::raft::status::QuorumStatus,
 }
 
 /// The `sessions` object.

@@ -13,7 +13,6 @@ use std::fmt;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use openraft::ServerState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -452,38 +451,37 @@ fn traffic(out: &mut Out, context: &NodeContext) -> fmt::Result {
 }
 
 fn raft(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let metrics = context.replica().metrics();
-    out.gauge("raft_term", "Current Raft term.", metrics.current_term)?;
+    let raft = context.replica().status();
+    out.gauge("raft_term", "Current Raft term.", raft.term)?;
     out.gauge(
         "raft_last_log_index",
         "Index of the last entry in this node's Raft log.",
-        metrics.last_log_index.unwrap_or(0),
+        raft.last_log_index.unwrap_or(0),
     )?;
     out.gauge(
         "raft_applied_index",
         "Index of the last entry applied to this node's session state machine (committed entries only).",
-        metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0),
+        raft.applied_index.unwrap_or(0),
     )?;
     out.gauge(
         "raft_is_leader",
         "1 when this node is the Raft leader.",
-        i64::from(metrics.state == ServerState::Leader),
+        i64::from(raft.is_leader()),
     )?;
     out.gauge(
         "raft_has_leader",
         "1 when this node knows a current Raft leader.",
-        i64::from(metrics.current_leader.is_some()),
+        i64::from(raft.leader.is_some()),
     )?;
-    let membership = metrics.membership_config.membership();
     out.gauge(
         "raft_voters",
         "Voters in the Raft configuration.",
-        membership.voter_ids().count() as u64,
+        raft.voters.len() as u64,
     )?;
     out.gauge(
         "raft_learners",
         "Learners in the Raft configuration.",
-        membership.learner_ids().count() as u64,
+        raft.learners.len() as u64,
     )
 }
 

@@ -16,6 +16,7 @@ pub mod log_store;
 pub mod network;
 pub mod replica;
 pub mod state_machine;
+pub mod status;
 mod trash;
 
 use std::io;
@@ -114,6 +115,135 @@ mod tests {
         if let Err(e) = Suite::test_all(TempStoreBuilder) {
             panic!("openraft storage suite failed: {e}");
         }
+    }
+
+    /// Removes comments and the contents of string and char literals from Rust source, so that
+    /// only code is left (`"openraft=warn"` in a log filter names no type).
+    fn code_only(source: &str) -> String {
+        let chars: Vec<char> = source.chars().collect();
+        let mut code = String::with_capacity(source.len());
+        let mut i = 0;
+        while i < chars.len() {
+            let rest = &chars[i..];
+            match rest {
+                ['/', '/', ..] => {
+                    while i < chars.len() && chars[i] != '\n' {
+                        i += 1;
+                    }
+                }
+                ['/', '*', ..] => {
+                    let mut depth = 0;
+                    while i < chars.len() {
+                        if chars[i..].starts_with(&['/', '*']) {
+                            depth += 1;
+                            i += 2;
+                        } else if chars[i..].starts_with(&['*', '/']) {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                ['r', '#' | '"', ..] if i == 0 || !chars[i - 1].is_alphanumeric() => {
+                    let hashes = rest[1..].iter().take_while(|c| **c == '#').count();
+                    if rest.get(1 + hashes) != Some(&'"') {
+                        code.push('r');
+                        i += 1;
+                        continue;
+                    }
+                    i += 2 + hashes;
+                    while i < chars.len() {
+                        if chars[i] == '"'
+                            && chars[i + 1..]
+                                .iter()
+                                .take(hashes)
+                                .filter(|c| **c == '#')
+                                .count()
+                                == hashes
+                        {
+                            i += 1 + hashes;
+                            break;
+                        }
+                        i += 1;
+                    }
+                    code.push_str("\"\"");
+                }
+                ['"', ..] => {
+                    i += 1;
+                    while i < chars.len() && chars[i] != '"' {
+                        i += if chars[i] == '\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                    code.push_str("\"\"");
+                }
+                // A char literal ('x', '\n'); a lifetime ('a) has no closing quote.
+                ['\'', '\\', ..] => {
+                    i += 2;
+                    while i < chars.len() && chars[i] != '\'' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                ['\'', _, '\'', ..] => i += 3,
+                [c, ..] => {
+                    code.push(*c);
+                    i += 1;
+                }
+                [] => break,
+            }
+        }
+        code
+    }
+
+    #[test]
+    fn code_only_drops_comments_and_literals() {
+        let source = "use a; // openraft::X\n/* openraft */ let s = \"openraft=warn\"; \
+                      let r = r#\"openraft\"#; let c = '\"'; fn f<'a>() {} openraft::Raft";
+        let code = code_only(source);
+        assert_eq!(code.matches("openraft").count(), 1, "{code}");
+        assert!(code.contains("fn f<'a>()"), "{code}");
+    }
+
+    /// Only `raft` names openraft: the rest of the node reads [`status::RaftStatus`], so an openraft
+    /// upgrade changes this module only.
+    #[test]
+    fn nothing_outside_raft_names_openraft() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let raft = src.join("raft");
+        let mut pending = vec![src];
+        let mut offenders = Vec::new();
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read src") {
+                let path = entry.expect("dir entry").path();
+                if path.starts_with(&raft) {
+                    continue;
+                }
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    let source = std::fs::read_to_string(&path).expect("read source");
+                    let code = code_only(&source);
+                    let named = code.match_indices("openraft").any(|(at, _)| {
+                        let before = code[..at].chars().next_back();
+                        let after = code[at + "openraft".len()..].chars().next();
+                        let ident =
+                            |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                        !ident(before) && !ident(after)
+                    });
+                    if named {
+                        offenders.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "openraft named outside src/raft/ in {offenders:?}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::admission::WriteLimits;
 use super::batch::{Attempt, WriteQueue};
 use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerHandler};
 use super::state_machine::SessionReader;
+use super::status::{QuorumStatus, RaftStatus};
 use super::{RaftStorageError, open_storage};
 use crate::config::NodeConfig;
 use crate::events::{EventKind, EventLog, now_ms};
@@ -126,53 +127,6 @@ pub struct Replica {
     quorum_lease: Duration,
     /// Who is up, to tell which voters are live.
     membership: Arc<Membership>,
-}
-
-/// The Raft voters as this node sees them: how many there are, how many are live (up in gossip, or
-/// this node), how many a quorum needs, and, for a leader, how long since a quorum acknowledged it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct QuorumStatus {
-    /// Voters in the Raft membership.
-    pub voters: usize,
-    /// Votes a quorum needs (a majority of `voters`).
-    pub needed: usize,
-    /// Voters up in gossip (this node included when it is a voter).
-    pub live: usize,
-    /// Names of the voters that are not up in gossip (down, left or never seen).
-    pub absent: Vec<String>,
-    /// On the leader: milliseconds since a quorum last acknowledged it (`None` before the first).
-    pub leader_ack_ms: Option<u64>,
-    /// Whether a quorum stands: on the leader, acknowledged within the lease; elsewhere, enough
-    /// voters live and a leader known.
-    pub has_quorum: bool,
-}
-
-impl QuorumStatus {
-    /// Why there is no quorum, in words, or `None` when there is one.
-    pub fn problem(&self) -> Option<String> {
-        if self.has_quorum {
-            return None;
-        }
-        if self.voters == 0 {
-            return Some("no Raft membership yet (the founders have not bootstrapped)".to_owned());
-        }
-        let absent = if self.absent.is_empty() {
-            String::new()
-        } else {
-            format!("; absent: {}", self.absent.join(", "))
-        };
-        let voters = format!(
-            "{} of {} voters up, {} needed{absent}",
-            self.live, self.voters, self.needed
-        );
-        Some(match self.leader_ack_ms {
-            Some(ms) => format!(
-                "no quorum: this leader was last acknowledged by a majority {ms} ms ago ({voters})"
-            ),
-            None if self.live < self.needed => format!("no quorum: {voters}"),
-            None => format!("no quorum acknowledged this node's leadership yet ({voters})"),
-        })
-    }
 }
 
 /// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
@@ -491,55 +445,16 @@ impl Replica {
 
     /// The voters and the quorum as this node sees them now (see [`QuorumStatus`]).
     pub fn quorum(&self) -> QuorumStatus {
+        self.status().quorum
+    }
+
+    /// Raft as this node sees it now, in our own terms (see [`RaftStatus`]).
+    pub fn status(&self) -> RaftStatus {
         let view = self.membership.view();
         // Read in place: nothing below waits, so the watch is not held across an await.
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        let mut voters = 0;
-        let mut live = 0;
-        let mut absent = Vec::new();
-        for id in membership.voter_ids() {
-            voters += 1;
-            let up = id == self.id
-                || view.members.iter().any(|member| {
-                    member.raft_id == Some(id)
-                        && matches!(member.state, MemberState::Up | MemberState::Draining)
-                });
-            if up {
-                live += 1;
-            } else {
-                absent.push(
-                    membership
-                        .get_node(&id)
-                        .map(|node| node.name.clone())
-                        .unwrap_or_else(|| format!("raft-{id}")),
-                );
-            }
-        }
-        absent.sort();
-        let needed = voters / 2 + 1;
-        let leading = metrics.state == ServerState::Leader;
-        let leader_ack_ms = if leading {
-            metrics.millis_since_quorum_ack
-        } else {
-            None
-        };
-        let has_quorum = if leading {
-            // A leader alone is its own quorum; otherwise the lease must be fresh.
-            voters <= 1
-                || leader_ack_ms.is_some_and(|ms| ms <= self.quorum_lease.as_millis() as u64)
-        } else {
-            voters > 0 && live >= needed && metrics.current_leader.is_some()
-        };
-        QuorumStatus {
-            voters,
-            needed,
-            live,
-            absent,
-            leader_ack_ms,
-            has_quorum,
-        }
+        RaftStatus::of(self.id, &metrics, &view, self.quorum_lease)
     }
 
     /// Session creates refused through this node because the cluster was full (`max-active`).
@@ -567,8 +482,8 @@ impl Replica {
         }
     }
 
-    /// Current Raft metrics.
-    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, PeerNode> {
+    /// Current Raft metrics (openraft's own: for `raft` only; the rest reads [`Replica::status`]).
+    fn metrics(&self) -> openraft::RaftMetrics<NodeId, PeerNode> {
         self.raft.metrics().borrow().clone()
     }
 
@@ -579,16 +494,15 @@ impl Replica {
 
     /// Whether a leader is known and this node applied everything committed as far as it knows.
     pub fn readiness(&self) -> Result<(), String> {
-        let metrics = self.metrics();
+        let status = self.status();
         // Raft stops for good on a storage error (a full disk, say): this node can serve nothing.
-        if let Err(fatal) = &metrics.running_state {
+        if let Some(fatal) = &status.stopped {
             return Err(format!("raft stopped: {fatal}"));
         }
-        let Some(leader) = metrics.current_leader else {
+        let Some(leader) = status.leader else {
             return Err("no Raft leader yet".to_string());
         };
-        let applied = metrics.last_applied.map(|log_id| log_id.index);
-        if leader != self.id && applied.is_none() {
+        if leader != self.id && status.applied_index.is_none() {
             return Err("nothing applied from the leader yet".to_string());
         }
         // A restarted follower names the leader it remembers from disk, which may be gone.
@@ -1272,7 +1186,7 @@ async fn expire_sessions(replica: Arc<Replica>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EXPIRY_EVERY) => {}
         }
-        if replica.metrics().state != ServerState::Leader {
+        if !replica.is_leader() {
             continue;
         }
         let now = now_ms();
