@@ -14,18 +14,22 @@
 //! On a follower the batch is forwarded to the leader as one request. A batch either commits
 //! whole or not at all, and every command in it gets the answer it would have got alone: the state
 //! machine applies the commands in order, exactly as separate entries.
+//!
+//! Every session write takes this path: the API's and the session layer's writes, access-time
+//! flushes, restores and the leader's expiry. The queue reaches Raft only through [`Proposer`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use proto::raft::{CommandResponse, LogId, PeerRequest, PeerResponse, SessionCommand};
+use proto::raft::{CommandResponse, LogId, PeerResponse, SessionCommand};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::replica::{ConsensusError, FORWARD_TIMEOUT, Replica};
+use super::network::{PeerAt, PeerError};
+use super::replica::ConsensusError;
 use crate::events::now_ms;
 
 /// Most commands in one batch.
@@ -39,6 +43,41 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Writes waiting to be batched before callers wait to queue theirs.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH_COMMANDS;
+
+/// What the queue needs of this node's Raft member: who leads, how to propose here, and how to
+/// forward to the leader. [`Replica`](super::replica::Replica) is the implementation; the queue
+/// decides everything else (batching, stamping, timeouts, which failures are retried).
+pub trait Proposer: Send + Sync + 'static {
+    /// The leader, when Raft knows one and it is another node.
+    fn leader_elsewhere(&self) -> Option<PeerAt>;
+    /// The `<sessions max-active>` this node stamps on creates it proposes.
+    fn max_active(&self) -> u64;
+    /// Why this node has no quorum, when it has none.
+    fn quorum_problem(&self) -> Option<String>;
+    /// Appends `command` to the log here (if this node leads) and waits until it is applied.
+    fn propose(&self, command: SessionCommand) -> impl Future<Output = Proposed> + Send;
+    /// Sends `command` to `leader` as one forwarded write.
+    fn forward(
+        &self,
+        leader: &PeerAt,
+        command: SessionCommand,
+    ) -> impl Future<Output = Result<PeerResponse, PeerError>> + Send;
+    /// Drops pooled connections to `leader` after a failed call.
+    fn forget(&self, leader: &PeerAt);
+}
+
+/// What proposing a command here came to.
+#[derive(Debug)]
+pub enum Proposed {
+    /// Applied at this log index, with this answer.
+    Applied(LogId, CommandResponse),
+    /// This node does not lead: nothing was appended.
+    NotLeader,
+    /// Raft refused the command for another reason.
+    Refused(String),
+    /// Raft stopped (a storage error, or the node is shutting down).
+    Stopped(String),
+}
 
 /// The outcome of one attempt to commit a command.
 #[derive(Debug)]
@@ -89,7 +128,7 @@ pub fn queue() -> (WriteQueue, WriteQueueReceiver) {
 
 impl WriteQueue {
     /// One attempt to commit `command`, in whatever batch it lands in.
-    pub async fn attempt(&self, replica: &Replica, command: SessionCommand) -> Attempt {
+    pub async fn attempt<P: Proposer>(&self, proposer: &P, command: SessionCommand) -> Attempt {
         let stopped =
             || Attempt::Failed(ConsensusError::Stopped("write queue stopped".to_string()));
         // Nothing queued and nothing being committed: a batch of one, proposed from this task at
@@ -98,7 +137,7 @@ impl WriteQueue {
             && self.in_flight.available_permits() == MAX_BATCHES_IN_FLIGHT
             && let Ok(permit) = self.in_flight.clone().try_acquire_owned()
         {
-            let outcome = commit(replica, vec![command]).await.pop();
+            let outcome = commit(proposer, vec![command]).await.pop();
             drop(permit);
             return outcome.unwrap_or_else(stopped);
         }
@@ -111,8 +150,8 @@ impl WriteQueue {
 }
 
 /// Takes batches off the queue and commits them until `shutdown`.
-pub async fn run(
-    replica: Arc<Replica>,
+pub async fn run<P: Proposer>(
+    proposer: Arc<P>,
     mut queue: WriteQueueReceiver,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -153,13 +192,13 @@ pub async fn run(
             bytes += size;
             batch.push(next);
         }
-        let replica = replica.clone();
+        let proposer = proposer.clone();
         tasks.spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|pending| (pending.command, pending.reply))
                 .unzip();
-            let outcomes = commit(&replica, commands).await;
+            let outcomes = commit(&*proposer, commands).await;
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // The caller may have given up meanwhile; its command was still proposed.
                 let _ = reply.send(outcome);
@@ -170,7 +209,7 @@ pub async fn run(
 }
 
 /// Proposes `commands` as one entry here, or forwards them to the leader; one outcome per command.
-async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt> {
+async fn commit<P: Proposer>(proposer: &P, commands: Vec<SessionCommand>) -> Vec<Attempt> {
     let count = commands.len();
     let proposal = if count == 1 {
         commands
@@ -183,17 +222,16 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
     // A follower that knows the leader sends the batch there at once; otherwise Raft itself says
     // whether this node leads. The batch is not copied for that: when Raft answers "not the
     // leader", nothing was applied, and the caller's next attempt is forwarded.
-    let Some(leader) = replica.known_leader_elsewhere() else {
+    let Some(leader) = proposer.leader_elsewhere() else {
         let mut local = proposal;
         // The leader stamps each write with its own clock just before proposing it.
         local.stamp(now_ms());
-        local.limit_creates(replica.limits().max_active());
+        local.limit_creates(proposer.max_active());
         // Without a quorum openraft waits for the commit as long as it takes (a lost majority that
         // comes back after ten minutes commits the entry then): the caller gets an answer sooner.
-        let Ok(written) =
-            tokio::time::timeout(COMMIT_TIMEOUT, replica.raft().client_write(local)).await
+        let Ok(written) = tokio::time::timeout(COMMIT_TIMEOUT, proposer.propose(local)).await
         else {
-            let why = replica
+            let why = proposer
                 .quorum_problem()
                 .unwrap_or_else(|| "a majority of voters did not acknowledge it".to_owned());
             return every(count, || {
@@ -204,33 +242,17 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
             });
         };
         return match written {
-            Ok(written) => split(count, written.log_id, written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                every(count, || Attempt::Retry { uncertain: None })
-            }
-            Err(RaftError::APIError(other)) => {
-                let reason = other.to_string();
-                every(count, || {
-                    Attempt::Failed(ConsensusError::Unknown(reason.clone()))
-                })
-            }
-            Err(RaftError::Fatal(fatal)) => {
-                let reason = fatal.to_string();
-                every(count, || {
-                    Attempt::Failed(ConsensusError::Stopped(reason.clone()))
-                })
-            }
+            Proposed::Applied(log_id, response) => split(count, log_id, response),
+            Proposed::NotLeader => every(count, || Attempt::Retry { uncertain: None }),
+            Proposed::Refused(reason) => every(count, || {
+                Attempt::Failed(ConsensusError::Unknown(reason.clone()))
+            }),
+            Proposed::Stopped(reason) => every(count, || {
+                Attempt::Failed(ConsensusError::Stopped(reason.clone()))
+            }),
         };
     };
-    let client = replica.peer_client();
-    let uncertain = match client
-        .call(
-            &leader,
-            &PeerRequest::ClientWrite(proposal),
-            FORWARD_TIMEOUT,
-        )
-        .await
-    {
+    let uncertain = match proposer.forward(&leader, proposal).await {
         // No wait for the local apply: every read goes through the read barrier, which waits for
         // this index anyway, and waiting here would cost a commit round trip.
         Ok(PeerResponse::ClientWrite { log_id, response }) => {
@@ -256,12 +278,12 @@ async fn commit(replica: &Replica, commands: Vec<SessionCommand>) -> Vec<Attempt
         // Nothing was sent: safe to try again once a leader is known.
         Err(err) if err.is_unreachable() => {
             debug!(error = %err, "leader unreachable; retrying");
-            client.forget(leader.addr);
+            proposer.forget(&leader);
             None
         }
         Err(err) => {
             debug!(error = %err, "forwarded write got no answer; retrying on the leader");
-            client.forget(leader.addr);
+            proposer.forget(&leader);
             Some(err.to_string())
         }
     };
@@ -342,6 +364,107 @@ mod tests {
                 .iter()
                 .all(|o| matches!(o, Attempt::Failed(ConsensusError::Unknown(_))))
         );
+    }
+
+    /// Leads, and answers each proposal with what `answer` says; records what it was asked.
+    struct FakeLeader {
+        proposed: std::sync::Mutex<Vec<SessionCommand>>,
+        answer: fn(&SessionCommand) -> Proposed,
+    }
+
+    impl Proposer for FakeLeader {
+        fn leader_elsewhere(&self) -> Option<PeerAt> {
+            None
+        }
+
+        fn max_active(&self) -> u64 {
+            9
+        }
+
+        fn quorum_problem(&self) -> Option<String> {
+            None
+        }
+
+        async fn propose(&self, command: SessionCommand) -> Proposed {
+            let answer = (self.answer)(&command);
+            self.proposed.lock().expect("lock").push(command);
+            answer
+        }
+
+        async fn forward(
+            &self,
+            _leader: &PeerAt,
+            _command: SessionCommand,
+        ) -> Result<PeerResponse, PeerError> {
+            unreachable!("a leader forwards nothing")
+        }
+
+        fn forget(&self, _leader: &PeerAt) {}
+    }
+
+    fn create(byte: u8) -> SessionCommand {
+        SessionCommand::Create {
+            id: SessionId::from_bytes([byte; 16]),
+            data: "{}".into(),
+            ttl_ms: 5,
+            now_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_proposes_one_stamped_limited_entry_and_answers_each_command() {
+        let leader = FakeLeader {
+            proposed: Default::default(),
+            answer: |_| {
+                Proposed::Applied(
+                    log_id(),
+                    CommandResponse::Batch(vec![
+                        CommandResponse::AlreadyExists,
+                        CommandResponse::Deleted,
+                    ]),
+                )
+            },
+        };
+        let delete = SessionCommand::Delete {
+            id: SessionId::from_bytes([2; 16]),
+        };
+        let outcomes = commit(&leader, vec![create(1), delete]).await;
+        assert!(matches!(
+            outcomes.as_slice(),
+            [
+                Attempt::Done(_, CommandResponse::AlreadyExists),
+                Attempt::Done(_, CommandResponse::Deleted)
+            ]
+        ));
+        let proposed = leader.proposed.lock().expect("lock");
+        let [SessionCommand::Batch(commands)] = proposed.as_slice() else {
+            panic!("one batch entry expected: {proposed:?}");
+        };
+        assert!(matches!(
+            commands[0],
+            SessionCommand::CreateWithin { max_active: 9, now_ms, .. } if now_ms > 1
+        ));
+    }
+
+    #[tokio::test]
+    async fn not_leading_is_retried_and_a_stopped_raft_is_not() {
+        let follower = FakeLeader {
+            proposed: Default::default(),
+            answer: |_| Proposed::NotLeader,
+        };
+        let queue = queue().0;
+        assert!(matches!(
+            queue.attempt(&follower, create(1)).await,
+            Attempt::Retry { uncertain: None }
+        ));
+        let stopped = FakeLeader {
+            proposed: Default::default(),
+            answer: |_| Proposed::Stopped("storage error".into()),
+        };
+        assert!(matches!(
+            queue.attempt(&stopped, create(1)).await,
+            Attempt::Failed(ConsensusError::Stopped(reason)) if reason == "storage error"
+        ));
     }
 
     #[test]

@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::admission::WriteLimits;
-use super::batch::{Attempt, WriteQueue};
-use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerHandler};
+use super::batch::{Attempt, Proposed, Proposer, WriteQueue};
+use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerError, PeerHandler};
 use super::state_machine::SessionReader;
 use super::status::{QuorumStatus, RaftStatus};
 use super::{RaftStorageError, open_storage};
@@ -39,7 +39,7 @@ static REFUSED_WRITE_LOG: crate::security::LogThrottle =
 /// How long a write or a read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
-pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How long the leader tries to confirm a read index with a quorum before saying it cannot (inside
 /// the asking follower's [`FORWARD_TIMEOUT`]).
 const READ_INDEX_CONFIRM: Duration = Duration::from_secs(2);
@@ -571,25 +571,6 @@ impl Replica {
         }
     }
 
-    /// The Raft handle.
-    pub(super) fn raft(&self) -> &Raft<TypeConfig> {
-        &self.raft
-    }
-
-    /// Where the leader is, when Raft knows one and it is another node.
-    pub(super) fn known_leader_elsewhere(&self) -> Option<PeerAt> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader.filter(|leader| *leader != self.id)?;
-        let recorded = metrics.membership_config.membership().get_node(&leader);
-        self.addresses.resolve(leader, recorded)
-    }
-
-    /// The pooled connections to peers.
-    pub(super) fn peer_client(&self) -> &PeerClient {
-        &self.client
-    }
-
     /// After an attempt of unknown outcome, a retry that finds the session exactly as this command
     /// would have left it reports the earlier success instead of the conflict it caused.
     async fn reconcile(
@@ -747,6 +728,48 @@ impl Replica {
             },
             Err(err) => PeerResponse::Error(err.to_string()),
         }
+    }
+}
+
+/// The write queue's way into Raft (see [`super::batch`]).
+impl Proposer for Replica {
+    fn leader_elsewhere(&self) -> Option<PeerAt> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader.filter(|leader| *leader != self.id)?;
+        let recorded = metrics.membership_config.membership().get_node(&leader);
+        self.addresses.resolve(leader, recorded)
+    }
+
+    fn max_active(&self) -> u64 {
+        self.limits.max_active()
+    }
+
+    fn quorum_problem(&self) -> Option<String> {
+        Replica::quorum_problem(self)
+    }
+
+    async fn propose(&self, command: SessionCommand) -> Proposed {
+        match self.raft.client_write(command).await {
+            Ok(written) => Proposed::Applied(written.log_id, written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Proposed::NotLeader,
+            Err(RaftError::APIError(other)) => Proposed::Refused(other.to_string()),
+            Err(RaftError::Fatal(fatal)) => Proposed::Stopped(fatal.to_string()),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &PeerAt,
+        command: SessionCommand,
+    ) -> Result<PeerResponse, PeerError> {
+        self.client
+            .call(leader, &PeerRequest::ClientWrite(command), FORWARD_TIMEOUT)
+            .await
+    }
+
+    fn forget(&self, leader: &PeerAt) {
+        self.client.forget(leader.addr);
     }
 }
 
@@ -1194,26 +1217,27 @@ async fn expire_sessions(replica: Arc<Replica>, shutdown: CancellationToken) {
         if ids.is_empty() {
             continue;
         }
+        // One attempt through the write queue, not retried: should leadership move meanwhile, the
+        // next leader decides expiry with its own clock.
         match replica
-            .raft
-            .client_write(SessionCommand::Expire { ids, now_ms: now })
+            .writes
+            .attempt(&*replica, SessionCommand::Expire { ids, now_ms: now })
             .await
         {
-            Ok(response) => {
-                if let CommandResponse::Expired { ids } = response.data
-                    && !ids.is_empty()
-                {
+            Attempt::Done(log_id, CommandResponse::Expired { ids }) => {
+                if !ids.is_empty() {
                     replica
                         .expired_total
                         .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    info!(
-                        count = ids.len(),
-                        index = response.log_id.index,
-                        "expired sessions"
-                    );
+                    info!(count = ids.len(), index = log_id.index, "expired sessions");
                 }
             }
-            Err(err) => debug!(error = %err, "expiry proposal failed"),
+            Attempt::Done(..) => {}
+            Attempt::Retry { uncertain } => {
+                let error = uncertain.unwrap_or_else(|| "this node no longer leads".to_owned());
+                debug!(%error, "expiry proposal failed");
+            }
+            Attempt::Failed(err) => debug!(error = %err, "expiry proposal failed"),
         }
     }
 }

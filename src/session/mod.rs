@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod quota;
+pub mod restore;
 pub mod store;
 
 pub use store::ClusterStore;
