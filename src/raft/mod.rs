@@ -11,9 +11,12 @@
 
 pub mod admission;
 pub mod batch;
+mod bootstrap;
 pub mod durable;
+mod housekeeping;
 pub mod log_store;
 pub mod network;
+mod reconcile;
 pub mod replica;
 pub mod state_machine;
 pub mod status;

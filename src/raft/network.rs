@@ -788,7 +788,7 @@ impl PeerAt {
 }
 
 /// Where a Raft member can be reached now. A node restarted at another address keeps its Raft id, so
-/// its peers look it up by id in gossip first (see `replica::gossiped_address`) and fall back to the
+/// its peers look it up by id in gossip first (see `reconcile::gossiped_address`) and fall back to the
 /// node recorded in the Raft membership, which the leader updates later. Either way the call is
 /// checked against the name that source gives: an address that another node took over (an IP
 /// reused while the member is down) is never mistaken for the member.

@@ -1,16 +1,19 @@
-//! This node's member of the Raft group: bootstrap, membership reconciliation, writes forwarded to the
-//! leader, linearizable reads, leader-decided expiry and coalesced access times.
+//! This node's member of the Raft group, the handle the rest of the node holds: it starts Raft and
+//! its background tasks, commits writes (through the write queue, forwarded to the leader as
+//! needed), serves linearizable reads, and says how Raft stands ([`RaftStatus`]).
+//!
+//! Its background jobs live beside it: `bootstrap` (node id, founders' bootstrap, rejoin),
+//! `reconcile` (Raft membership against gossip), `housekeeping` (expiry, access times, snapshots).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::AppendEntriesResponse;
-use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use proto::raft::{
     CommandResponse, Hello, LogId, NodeId, PEER_WIRE_VERSION, PeerNode, PeerRequest, PeerResponse,
     SessionCommand, SessionId, TypeConfig,
@@ -26,13 +29,11 @@ use super::batch::{Attempt, Proposed, Proposer, WriteQueue};
 use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerError, PeerHandler};
 use super::state_machine::SessionReader;
 use super::status::{QuorumStatus, RaftStatus};
-use super::{RaftStorageError, open_storage};
+use super::{RaftStorageError, bootstrap, housekeeping, open_storage, reconcile};
 use crate::config::NodeConfig;
-use crate::events::{EventKind, EventLog, now_ms};
-use crate::membership::{MemberInfo, MemberState, Membership, MembershipView};
+use crate::events::{EventLog, now_ms};
+use crate::membership::Membership;
 
-/// File in the data dir holding this node's Raft id.
-const NODE_ID_FILE: &str = "node-id";
 /// Forwarded writes refused as malformed are logged at most this often.
 static REFUSED_WRITE_LOG: crate::security::LogThrottle =
     crate::security::LogThrottle::new(Duration::from_secs(10));
@@ -43,16 +44,6 @@ const FORWARD_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How long the leader tries to confirm a read index with a quorum before saying it cannot (inside
 /// the asking follower's [`FORWARD_TIMEOUT`]).
 const READ_INDEX_CONFIRM: Duration = Duration::from_secs(2);
-/// At most this many entries are kept in the log behind a snapshot, so briefly absent followers
-/// catch up from the log (fewer with a small `snapshot-every`: a tenth of it).
-const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
-/// How often the snapshot policy (`<raft snapshot-every>`, counted in writes) is checked.
-const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How often the leader looks for expired sessions, and how many it expires per entry.
-const EXPIRY_EVERY: Duration = Duration::from_millis(500);
-const EXPIRY_BATCH: usize = 1_000;
-/// How often access times are flushed as one `Touch` entry.
-const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the replica could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,18 +94,18 @@ pub enum ConsensusError {
 
 /// This node's Raft member.
 pub struct Replica {
-    raft: Raft<TypeConfig>,
-    id: NodeId,
-    reader: SessionReader,
+    pub(super) raft: Raft<TypeConfig>,
+    pub(super) id: NodeId,
+    pub(super) reader: SessionReader,
     client: PeerClient,
     /// Where members are now, by Raft id (gossip first, then the Raft membership).
     addresses: AddressBook,
     /// Set once a leader's append (or snapshot) was taken here since this process started: until
     /// then the leader a follower names may only be the one it remembers from before a restart.
-    heard_leader: AtomicBool,
-    writes: WriteQueue,
-    touches: Mutex<HashMap<SessionId, u64>>,
-    expired_total: AtomicU64,
+    pub(super) heard_leader: AtomicBool,
+    pub(super) writes: WriteQueue,
+    pub(super) touches: Mutex<HashMap<SessionId, u64>>,
+    pub(super) expired_total: AtomicU64,
     created_total: AtomicU64,
     deleted_total: AtomicU64,
     /// Serves the hop channels other members open to the peer port.
@@ -127,109 +118,6 @@ pub struct Replica {
     quorum_lease: Duration,
     /// Who is up, to tell which voters are live.
     membership: Arc<Membership>,
-}
-
-/// Reads or creates the node id. A fresh data dir gets a fresh random id: ids are never reused.
-fn node_id(data_dir: &Path, pristine: bool) -> Result<NodeId, ReplicaError> {
-    let path = data_dir.join(NODE_ID_FILE);
-    let err = |reason: String| ReplicaError::DataDir {
-        path: data_dir.to_path_buf(),
-        reason,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<NodeId>().map_err(|_| {
-            err(format!(
-                "{NODE_ID_FILE} holds {:?}, not a node id",
-                text.trim()
-            ))
-        }),
-        Err(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            if !pristine {
-                return Err(err(format!(
-                    "{NODE_ID_FILE} is missing but the Raft log is not empty; refusing to guess this node's identity"
-                )));
-            }
-            let id = loop {
-                let id: u64 = rand_u64();
-                if id != 0 {
-                    break id;
-                }
-            };
-            let temp = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&temp)?;
-                file.write_all(format!("{id}\n").as_bytes())?;
-                file.sync_all()?;
-                std::fs::rename(&temp, &path)?;
-                std::fs::File::open(data_dir)?.sync_all()
-            };
-            write().map_err(|io| err(format!("cannot write {NODE_ID_FILE}: {io}")))?;
-            Ok(id)
-        }
-        Err(io) => Err(err(format!("cannot read {NODE_ID_FILE}: {io}"))),
-    }
-}
-
-fn rand_u64() -> u64 {
-    let bytes = *SessionId::generate().as_bytes();
-    let mut half = [0u8; 8];
-    half.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(half)
-}
-
-/// How long openraft 0.9's leader waits before it tries a follower again after a failed call (its
-/// default `RaftNetwork::backoff`).
-const REJOIN_RETRY: Duration = Duration::from_millis(500);
-
-/// Lets a restarted node stand for election only after the leader had time to reach it: until it hears
-/// from a leader, or for `quiet` (two of the leader's retries and one election timeout).
-///
-/// Without this, a node back from a crash stands as soon as its election timer runs out, which can be
-/// before the leader's next try (the leader backs off after failing to reach it while it was down).
-/// It would then ask for votes in a term that may already have a leader, and openraft 0.9, with no
-/// pre-vote, lets a candidate of a higher id outrank that leader in its own term: every restart of an
-/// old leader would unseat the new one for another election. A cluster restarted as a whole elects
-/// its leader `quiet` after the nodes start instead of one election timeout after.
-async fn stand_after_rejoin_quiet(
-    replica: Arc<Replica>,
-    quiet: Duration,
-    shutdown: CancellationToken,
-) {
-    let deadline = Instant::now() + quiet;
-    loop {
-        // Read each time: right after start the metrics may not show the stored membership yet, and
-        // an empty one must not pass for a single voter.
-        let voters = {
-            let metrics = replica.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.membership_config.membership().voter_ids().count()
-        };
-        // The only voter elects itself at once; nobody else can reach it for that.
-        if voters == 1 || replica.heard_leader.load(Ordering::Relaxed) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            info!(
-                waited_ms = quiet.as_millis() as u64,
-                "no leader reached this node since it started; it may stand for election now"
-            );
-            break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
-    replica.raft.runtime_config().elect(true);
-}
-
-fn peer_node(name: &str, cluster: SocketAddr, http: SocketAddr) -> PeerNode {
-    PeerNode {
-        name: name.to_string(),
-        cluster_addr: cluster.to_string(),
-        http_addr: http.to_string(),
-    }
 }
 
 impl Replica {
@@ -254,7 +142,7 @@ impl Replica {
             .is_pristine()
             .map_err(|err| ReplicaError::Raft(err.to_string()))?
             && reader.last_applied().is_none();
-        let id = node_id(data_dir, pristine)?;
+        let id = bootstrap::node_id(data_dir, pristine)?;
         log_store.pipeline_as(id);
         let stepped_down = log_store
             .step_down_on_restart()
@@ -282,9 +170,9 @@ impl Replica {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(
                 raft_config
                     .snapshot_every
-                    .saturating_mul(SNAPSHOT_BACKSTOP_FACTOR),
+                    .saturating_mul(housekeeping::SNAPSHOT_BACKSTOP_FACTOR),
             ),
-            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT
+            max_in_snapshot_log_to_keep: housekeeping::LOG_KEPT_BEHIND_SNAPSHOT
                 .min(raft_config.snapshot_every / 10),
             max_payload_entries: 1_000,
             // A restarted node stands for election only once the leader had its chance to reach it
@@ -306,7 +194,7 @@ impl Replica {
         );
         let addresses = {
             let membership = membership.clone();
-            AddressBook::new(move |id| gossiped_address(&membership.view(), id))
+            AddressBook::new(move |id| reconcile::gossiped_address(&membership.view(), id))
         };
         let raft = Raft::new(
             id,
@@ -373,28 +261,31 @@ impl Replica {
             tasks.clone(),
         ));
 
-        tasks.spawn(bootstrap(
+        tasks.spawn(bootstrap::bootstrap(
             replica.clone(),
             membership.clone(),
             config.clone(),
             pristine,
             shutdown.clone(),
         ));
-        tasks.spawn(watch_raft(
+        tasks.spawn(reconcile::watch_raft(
             replica.clone(),
             membership.clone(),
             events,
             shutdown.clone(),
         ));
-        tasks.spawn(reconcile(
+        tasks.spawn(reconcile::reconcile(
             replica.clone(),
             membership,
             config.cluster.raft.voters,
             config.cluster.raft.remove_after,
             shutdown.clone(),
         ));
-        tasks.spawn(expire_sessions(replica.clone(), shutdown.clone()));
-        tasks.spawn(take_snapshots(
+        tasks.spawn(housekeeping::expire_sessions(
+            replica.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(housekeeping::take_snapshots(
             replica.clone(),
             config.cluster.raft.snapshot_every,
             shutdown.clone(),
@@ -402,14 +293,15 @@ impl Replica {
         if !pristine {
             // Two of the leader's tries (each a retry wait and a call of one heartbeat), so that one
             // that fails while this node is still starting does not end the quiet early.
-            let quiet = 2 * (REJOIN_RETRY + raft_config.heartbeat) + raft_config.election_timeout;
-            tasks.spawn(stand_after_rejoin_quiet(
+            let quiet = 2 * (bootstrap::REJOIN_RETRY + raft_config.heartbeat)
+                + raft_config.election_timeout;
+            tasks.spawn(bootstrap::stand_after_rejoin_quiet(
                 replica.clone(),
                 quiet,
                 shutdown.clone(),
             ));
         }
-        tasks.spawn(flush_touches(replica.clone(), shutdown));
+        tasks.spawn(housekeeping::flush_touches(replica.clone(), shutdown));
         Ok(replica)
     }
 
@@ -483,7 +375,7 @@ impl Replica {
     }
 
     /// Current Raft metrics (openraft's own: for `raft` only; the rest reads [`Replica::status`]).
-    fn metrics(&self) -> openraft::RaftMetrics<NodeId, PeerNode> {
+    pub(super) fn metrics(&self) -> openraft::RaftMetrics<NodeId, PeerNode> {
         self.raft.metrics().borrow().clone()
     }
 
@@ -848,539 +740,5 @@ impl PeerHandler for Replica {
                 PeerResponse::Error("a hop channel is opened on a fresh connection".to_string())
             }
         }
-    }
-}
-
-/// Founders with empty stores initialize the group once every founder is seen empty, all with the
-/// identical founder set. Never from a partial view: a founder that never appears blocks bootstrap.
-async fn bootstrap(
-    replica: Arc<Replica>,
-    membership: Arc<Membership>,
-    config: NodeConfig,
-    pristine: bool,
-    shutdown: CancellationToken,
-) {
-    if !pristine {
-        return;
-    }
-    let alone = config.cluster.nodes.is_empty() && config.seeds.is_empty();
-    if alone {
-        let members = BTreeMap::from([(
-            replica.id,
-            peer_node(&config.me.name, config.me.cluster, config.me.http),
-        )]);
-        if let Err(err) = replica.raft.initialize(members).await {
-            warn!(error = %err, "cannot initialize a cluster of one");
-        } else {
-            info!("initialized Raft as a cluster of one");
-        }
-        return;
-    }
-    if !config.founder {
-        // Joiners wait for the leader to add them as learners.
-        return;
-    }
-    let mut changes = membership.changes();
-    loop {
-        if replica.raft.is_initialized().await.unwrap_or(true) {
-            return;
-        }
-        let view = membership.view();
-        let mut founders = BTreeMap::new();
-        let mut someone_initialized = false;
-        for founder in &config.cluster.nodes {
-            let Some(member) = view.member(&founder.name) else {
-                break;
-            };
-            if member.raft_pristine == Some(false) {
-                someone_initialized = true;
-            }
-            if member.state != MemberState::Up || member.raft_pristine != Some(true) {
-                continue;
-            }
-            if let (Some(id), Some(http)) = (member.raft_id, member.http_addr) {
-                founders.insert(id, peer_node(&member.name, member.cluster_addr, http));
-            }
-        }
-        if someone_initialized {
-            info!(
-                "another founder already initialized Raft; waiting to be contacted by the leader"
-            );
-            return;
-        }
-        if founders.len() == config.cluster.nodes.len() {
-            // One founder initializes (the one with the smallest id); the others are contacted by it.
-            // If every founder initialized, each would campaign at once, and two could lead term 1.
-            if founders.keys().next() != Some(&replica.id) {
-                let first = founders.values().next().map(|node| node.name.clone());
-                info!(initializer = ?first, "every founder is pristine; waiting for the first to initialize Raft");
-                return;
-            }
-            let names: Vec<&str> = founders.values().map(|node| node.name.as_str()).collect();
-            match replica.raft.initialize(founders.clone()).await {
-                Ok(()) => info!(founders = ?names, "initialized Raft with every founder"),
-                Err(err) => debug!(error = %err, "initialize refused (already initialized)"),
-            }
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-}
-
-/// Publishes `raft=member` once the store holds state, and records leader changes as events.
-async fn watch_raft(
-    replica: Arc<Replica>,
-    membership: Arc<Membership>,
-    events: EventLog,
-    shutdown: CancellationToken,
-) {
-    let mut metrics = replica.raft.metrics();
-    let mut published_member = false;
-    let mut leader: Option<NodeId> = None;
-    loop {
-        let (current_leader, term, has_state, leader_name) = {
-            let m = metrics.borrow_and_update();
-            let has_state = m.last_log_index.is_some() || m.last_applied.is_some();
-            let leader_name = m
-                .current_leader
-                .and_then(|id| m.membership_config.membership().get_node(&id))
-                .map(|node| node.name.clone());
-            (m.current_leader, m.current_term, has_state, leader_name)
-        };
-        if has_state && !published_member {
-            membership.set_raft(replica.id, false).await;
-            published_member = true;
-        }
-        if current_leader != leader {
-            leader = current_leader;
-            if let Some(id) = current_leader {
-                let name = leader_name.unwrap_or_else(|| format!("raft-{id}"));
-                let event = events.record(EventKind::LeaderChanged, &name, format!("term {term}"));
-                info!(leader = %name, term, seq = event.seq, "raft leader is now {name} (term {term})");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// The leader keeps Raft membership in line with gossip: adds live members as learners, promotes them
-/// while there are fewer voters than configured, and removes voters down for longer than a grace period
-/// while a quorum remains without them.
-async fn reconcile(
-    replica: Arc<Replica>,
-    membership: Arc<Membership>,
-    wanted_voters: usize,
-    remove_after: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut changes = membership.changes();
-    let mut absent_since: HashMap<NodeId, Instant> = HashMap::new();
-    let mut warned_shared: HashSet<NodeId> = HashSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        let metrics = replica.metrics();
-        if metrics.state != ServerState::Leader {
-            absent_since.clear();
-            continue;
-        }
-        let config = metrics.membership_config.membership().clone();
-        // Log lines name members; the raft id goes along as a field.
-        let name_of = |id: &NodeId| {
-            config
-                .get_node(id)
-                .map(|node| node.name.clone())
-                .unwrap_or_else(|| format!("raft-{id}"))
-        };
-        let voters: BTreeSet<NodeId> = config.voter_ids().collect();
-        let learners: BTreeSet<NodeId> = config.learner_ids().collect();
-        let view = membership.view();
-        let now = Instant::now();
-
-        // 1. Every live member with a Raft id becomes at least a learner.
-        for member in view.members.iter().filter(|m| m.state == MemberState::Up) {
-            let (Some(id), Some(http)) = (member.raft_id, member.http_addr) else {
-                continue;
-            };
-            if voters.contains(&id) || learners.contains(&id) {
-                continue;
-            }
-            info!(node = %member.name, raft_id = id, "adding {} as a Raft learner", member.name);
-            let node = peer_node(&member.name, member.cluster_addr, http);
-            if let Err(err) = replica.raft.add_learner(id, node, false).await {
-                warn!(node = %member.name, error = %err, "cannot add learner");
-            }
-        }
-
-        // 1b. A member that came back at other addresses (a restart with new `--cluster` or `--http`,
-        // same data dir and so the same Raft id) is reached at the addresses it now gossips. Only when
-        // exactly one live member claims the id: two claimants (a copied data dir) are left alone,
-        // since sending one node's Raft traffic to another would count the wrong node's answers.
-        let Moves { moved, shared } = moved_members(&config, &view);
-        for (id, names) in shared {
-            if warned_shared.insert(id) {
-                warn!(raft_id = id, claimants = ?names, "several live members claim one Raft id (a copied data dir?); its addresses in the Raft membership are left as they are");
-            }
-        }
-        if !moved.is_empty() {
-            for (id, node) in &moved {
-                let old = config.get_node(id);
-                info!(
-                    node = %node.name,
-                    raft_id = id,
-                    cluster = %node.cluster_addr,
-                    http = %node.http_addr,
-                    old_cluster = old.map(|n| n.cluster_addr.as_str()).unwrap_or(""),
-                    old_http = old.map(|n| n.http_addr.as_str()).unwrap_or(""),
-                    "{} is at new addresses; updating the Raft membership",
-                    node.name
-                );
-            }
-            if let Err(err) = replica
-                .raft
-                .change_membership(ChangeMembers::SetNodes(moved), false)
-                .await
-            {
-                warn!(error = %err, "cannot update the addresses of moved members");
-            }
-            continue;
-        }
-
-        // 2. Track how long each Raft member has been gone from gossip.
-        let live = |id: &NodeId| {
-            id == &replica.id
-                || view
-                    .by_raft_id(*id)
-                    .is_some_and(|m| matches!(m.state, MemberState::Up | MemberState::Draining))
-        };
-        for id in voters.iter().chain(learners.iter()) {
-            if live(id) {
-                absent_since.remove(id);
-            } else {
-                absent_since.entry(*id).or_insert(now);
-            }
-        }
-        absent_since.retain(|id, _| voters.contains(id) || learners.contains(id));
-
-        // 3. Promote caught-up live learners while voters are missing.
-        if voters.len() < wanted_voters {
-            let last = metrics.last_log_index.unwrap_or(0);
-            let matched = |id: &NodeId| {
-                metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|replication| replication.get(id).cloned().flatten())
-                    .map(|log_id| log_id.index)
-            };
-            if let Some(id) = learners
-                .iter()
-                .find(|id| live(id) && matched(id).is_some_and(|m| m + 100 >= last))
-            {
-                info!(
-                    peer = %name_of(id),
-                    raft_id = id,
-                    voters = voters.len(),
-                    wanted_voters,
-                    "promoting learner {} to voter",
-                    name_of(id)
-                );
-                if let Err(err) = replica
-                    .raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), true)
-                    .await
-                {
-                    warn!(peer = %name_of(id), raft_id = id, error = %err, "cannot promote learner {}", name_of(id));
-                }
-                continue;
-            }
-        }
-
-        // 4. Remove members gone for longer than the grace period; voters only while a quorum remains.
-        let gone: Vec<NodeId> = absent_since
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= remove_after)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if learners.contains(&id) {
-                info!(peer = %name_of(&id), raft_id = id, "removing learner {} gone for {remove_after:?}", name_of(&id));
-                let _ = replica
-                    .raft
-                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                    .await;
-                continue;
-            }
-            let remaining: Vec<&NodeId> = voters.iter().filter(|voter| **voter != id).collect();
-            let live_remaining = remaining.iter().filter(|voter| live(voter)).count();
-            if remaining.is_empty() || live_remaining < remaining.len() / 2 + 1 {
-                continue;
-            }
-            info!(peer = %name_of(&id), raft_id = id, "removing voter {} gone for {remove_after:?}", name_of(&id));
-            match replica
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-            {
-                Ok(_) => {
-                    absent_since.remove(&id);
-                }
-                Err(err) => {
-                    warn!(peer = %name_of(&id), raft_id = id, error = %err, "cannot remove voter {}", name_of(&id))
-                }
-            }
-            break;
-        }
-    }
-}
-
-/// The live members (up or draining) that gossip Raft id `id`: one, normally.
-fn claimants(view: &MembershipView, id: NodeId) -> impl Iterator<Item = &MemberInfo> {
-    view.members
-        .iter()
-        .filter(|m| matches!(m.state, MemberState::Up | MemberState::Draining))
-        .filter(move |m| m.raft_id == Some(id))
-}
-
-/// Where the one live member claiming Raft id `id` is, by gossip: its cluster address and name;
-/// `None` when no live member or several claim it (then the Raft membership's node is used). Sending
-/// one node's Raft traffic to another would count the wrong node's answers, so two claimants (a
-/// copied data dir) are never guessed between. Called for every peer RPC, so it collects nothing.
-pub(super) fn gossiped_address(view: &MembershipView, id: NodeId) -> Option<PeerAt> {
-    let mut claimants = claimants(view, id);
-    match (claimants.next(), claimants.next()) {
-        (Some(member), None) => Some(PeerAt {
-            addr: member.cluster_addr,
-            name: member.name.clone(),
-        }),
-        _ => None,
-    }
-}
-
-/// What gossip says about where the Raft members are.
-#[derive(Debug, Default, PartialEq)]
-struct Moves {
-    /// Members (voters and learners) whose node info differs from what the one live member claiming
-    /// their Raft id gossips, with that info.
-    moved: BTreeMap<NodeId, PeerNode>,
-    /// Ids that more than one live member claims, with their names: left alone.
-    shared: Vec<(NodeId, Vec<String>)>,
-}
-
-/// Compares the Raft membership's node info with gossip (see [`Moves`]).
-fn moved_members(config: &openraft::Membership<NodeId, PeerNode>, view: &MembershipView) -> Moves {
-    let mut moved = BTreeMap::new();
-    let mut shared = Vec::new();
-    for (id, current) in config.nodes() {
-        let claimants: Vec<&MemberInfo> = claimants(view, *id).collect();
-        let member = match claimants.as_slice() {
-            [] => continue,
-            [member] => member,
-            several => {
-                shared.push((*id, several.iter().map(|m| m.name.clone()).collect()));
-                continue;
-            }
-        };
-        let Some(http) = member.http_addr else {
-            continue;
-        };
-        let gossiped = peer_node(&member.name, member.cluster_addr, http);
-        if *current != gossiped {
-            moved.insert(*id, gossiped);
-        }
-    }
-    Moves { moved, shared }
-}
-
-/// Only the leader decides expiry, with its clock, as a log entry: every node removes the same
-/// sessions at the same index, and the expiry is counted once, here.
-async fn expire_sessions(replica: Arc<Replica>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(EXPIRY_EVERY) => {}
-        }
-        if !replica.is_leader() {
-            continue;
-        }
-        let now = now_ms();
-        let ids = replica.reader.expired_at(now, EXPIRY_BATCH);
-        if ids.is_empty() {
-            continue;
-        }
-        // One attempt through the write queue, not retried: should leadership move meanwhile, the
-        // next leader decides expiry with its own clock.
-        match replica
-            .writes
-            .attempt(&*replica, SessionCommand::Expire { ids, now_ms: now })
-            .await
-        {
-            Attempt::Done(log_id, CommandResponse::Expired { ids }) => {
-                if !ids.is_empty() {
-                    replica
-                        .expired_total
-                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    info!(count = ids.len(), index = log_id.index, "expired sessions");
-                }
-            }
-            Attempt::Done(..) => {}
-            Attempt::Retry { uncertain } => {
-                let error = uncertain.unwrap_or_else(|| "this node no longer leads".to_owned());
-                debug!(%error, "expiry proposal failed");
-            }
-            Attempt::Failed(err) => debug!(error = %err, "expiry proposal failed"),
-        }
-    }
-}
-
-/// Flushes coalesced access times as one `Touch` entry per interval.
-async fn flush_touches(replica: Arc<Replica>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(TOUCH_EVERY) => {}
-        }
-        let touches: Vec<(SessionId, u64)> = {
-            let mut pending = replica
-                .touches
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            pending.drain().collect()
-        };
-        if touches.is_empty() {
-            continue;
-        }
-        if let Err(err) = replica.write(SessionCommand::Touch { touches }).await {
-            debug!(error = %err, "access-time flush failed; sessions keep their older access time");
-        }
-    }
-}
-
-/// openraft's own entry-count trigger is this many times `<raft snapshot-every>`.
-const SNAPSHOT_BACKSTOP_FACTOR: u64 = 10;
-
-/// Writes after which a node whose latest snapshot held `sessions` sessions takes its next one:
-/// `every`, or as many writes as that snapshot held sessions when that is more, times
-/// `1 + spread`. A snapshot costs in proportion to the sessions it holds (at most the previous
-/// snapshot's plus the writes since), so waiting for as many writes as the last one held keeps the
-/// share of time spent on snapshots bounded however large the store grows; the log since the last
-/// snapshot is then at most about as large as that snapshot.
-fn snapshot_due_after(every: u64, sessions: u64, spread: f64) -> u64 {
-    let base = every.max(sessions) as f64;
-    (base * (1.0 + spread)) as u64
-}
-
-/// Every node compacts its own log: once [`snapshot_due_after`] session writes were applied since
-/// the latest snapshot, it builds a new one (openraft then purges the log behind it).
-async fn take_snapshots(replica: Arc<Replica>, every: u64, shutdown: CancellationToken) {
-    // Every node applies the same writes, so without a spread all of them would serialize their
-    // whole store at the same moment; each waits up to a quarter more, by its own id.
-    let spread = (replica.id % 1001) as f64 / 4000.0;
-    let mut tick = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let pending = replica.reader.writes_since_snapshot();
-        if pending < snapshot_due_after(every, replica.reader.sessions_at_snapshot(), spread) {
-            continue;
-        }
-        // Tests watch for this line to act while the snapshot is being built.
-        info!(
-            writes = pending,
-            "snapshot due: building a session snapshot"
-        );
-        let mark = replica.reader.snapshot_mark();
-        if let Err(err) = replica.raft.trigger().snapshot().await {
-            warn!(error = %err, "cannot trigger a snapshot");
-            return;
-        }
-        // The builder moves the mark when it copies the state; until then, do not ask again.
-        let asked_at = Instant::now();
-        while replica.reader.snapshot_mark() == mark && asked_at.elapsed() < Duration::from_secs(30)
-        {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::net::SocketAddr;
-
-    use super::{moved_members, peer_node, snapshot_due_after};
-    use crate::membership::{MemberInfo, MemberState, MembershipView};
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn member(name: &str, raft_id: u64, cluster: u16, http: u16, state: MemberState) -> MemberInfo {
-        MemberInfo {
-            raft_id: Some(raft_id),
-            raft_pristine: Some(false),
-            ready: true,
-            ..MemberInfo::new(name.to_owned(), Some(addr(http)), addr(cluster), state)
-        }
-    }
-
-    #[test]
-    fn members_that_gossip_new_addresses_are_moved_unless_an_id_is_claimed_twice() {
-        let nodes = BTreeMap::from([
-            (1, peer_node("a", addr(7001), addr(8001))),
-            (2, peer_node("b", addr(7002), addr(8002))),
-            (3, peer_node("c", addr(7003), addr(8003))),
-            (4, peer_node("d", addr(7004), addr(8004))),
-        ]);
-        let config = openraft::Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
-        let view = MembershipView {
-            version: 1,
-            members: vec![
-                member("a", 1, 7001, 8001, MemberState::Up),
-                // Restarted with a new peer port.
-                member("b", 2, 7102, 8002, MemberState::Up),
-                // Down at a new address: nothing to reach there yet.
-                member("c", 3, 7103, 8103, MemberState::Down),
-                // Two live members claim learner 4 (a copied data dir).
-                member("d", 4, 7104, 8004, MemberState::Up),
-                member("e", 4, 7105, 8005, MemberState::Up),
-            ],
-        };
-        let moves = moved_members(&config, &view);
-        assert_eq!(
-            moves.moved,
-            BTreeMap::from([(2, peer_node("b", addr(7102), addr(8002)))])
-        );
-        assert_eq!(
-            moves.shared,
-            vec![(4, vec!["d".to_string(), "e".to_string()])]
-        );
-    }
-
-    #[test]
-    fn a_larger_store_waits_for_proportionally_more_writes_between_snapshots() {
-        // Up to `every` sessions: every `every` writes, plus the node's spread.
-        assert_eq!(snapshot_due_after(100_000, 0, 0.0), 100_000);
-        assert_eq!(snapshot_due_after(100_000, 99_999, 0.0), 100_000);
-        assert_eq!(snapshot_due_after(100_000, 50_000, 0.25), 125_000);
-        // Beyond: as many writes as sessions held, so snapshot work per write stays bounded.
-        assert_eq!(snapshot_due_after(100_000, 400_000, 0.0), 400_000);
-        assert_eq!(snapshot_due_after(100_000, 400_000, 0.1), 440_000);
-        assert_eq!(snapshot_due_after(500, 10_000, 0.0), 10_000);
     }
 }
