@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::batch::Attempt;
+use super::batch::{Attempt, Proposer};
 use super::replica::Replica;
 use crate::events::now_ms;
 
@@ -34,7 +34,10 @@ pub(super) async fn expire_sessions(replica: Arc<Replica>, shutdown: Cancellatio
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EXPIRY_EVERY) => {}
         }
-        if !replica.is_leader() {
+        // A leader without a quorum proposes no expiry: each proposal would stay in its log
+        // uncommitted (the queue gives up on it after COMMIT_TIMEOUT), and one every round would
+        // pile up for as long as the quorum is gone.
+        if !replica.is_leader() || Proposer::quorum_problem(&*replica).is_some() {
             continue;
         }
         let now = now_ms();
