@@ -60,6 +60,7 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod pid_file;
 pub mod proxy;
 pub mod raft;

@@ -21,6 +21,8 @@ use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsSta
 use crate::membership::{MemberInfo, MemberState, Membership, MembershipError, MembershipView};
 use crate::metrics::Metrics;
 use crate::metrics::http::Measured;
+use crate::peer::server::Dispatch;
+use crate::proxy::hop::HopServer;
 use crate::raft::replica::{Replica, ReplicaError};
 use crate::routing::{Routing, route};
 use crate::session::ClusterStore;
@@ -531,6 +533,46 @@ impl NodeBuilder {
     }
 }
 
+/// Serves the peer port on `listener` until `stop`: Raft RPCs, forwarded writes and read-index
+/// requests are answered by `replica`, hop channels by `hop`.
+fn serve_peers(
+    config: &NodeConfig,
+    listener: TcpListener,
+    replica: &Arc<Replica>,
+    hop: &Arc<HopServer>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let key = config
+        .secrets
+        .gossip_key
+        .as_ref()
+        .map(crate::security::PeerKey::new);
+    if key.is_none() {
+        warn!(
+            node = %config.me.name,
+            "no cluster key: the peer port {} takes Raft traffic and session writes from anyone \
+             who can reach it; set MICRO_TOMCAT_GOSSIP_KEY or <security gossip-key-file> \
+             (make one with `openssl rand -base64 32`) unless the network is trusted",
+            config.me.cluster
+        );
+    }
+    let hello = proto::raft::Hello {
+        wire_version: proto::raft::PEER_WIRE_VERSION,
+        cluster_id: config.cluster.cluster_id.clone(),
+        from_name: config.me.name.clone(),
+    };
+    let dispatch = Dispatch::new(replica.clone()).hop(hop.clone());
+    tasks.spawn(crate::peer::server::serve(
+        listener,
+        dispatch,
+        hello,
+        key,
+        stop,
+        tasks.clone(),
+    ));
+}
+
 async fn serve(
     config: NodeConfig,
     apps: Vec<Router>,
@@ -553,7 +595,6 @@ async fn serve(
         &config,
         membership.clone(),
         events.clone(),
-        peer_listener,
         stop.clone(),
         &tasks,
     )
@@ -568,6 +609,10 @@ async fn serve(
             return Err(err.into());
         }
     };
+    // One listener on the peer port: Raft RPCs go to the replica, hop channels to the hop server,
+    // which serves the application once it is built below.
+    let hop = HopServer::new();
+    serve_peers(&config, peer_listener, &replica, &hop, stop.clone(), &tasks);
     let http_addr = config.me.http;
     let name = config.me.name.clone();
     let routing = Arc::new(Routing::new(&config));
@@ -623,18 +668,15 @@ async fn serve(
     let app = Measured::new(app, metrics.enabled().then(|| metrics.http()));
     // Requests proxied here over hop channels are served by the same application.
     let hop_app = app.clone();
-    context
-        .replica()
-        .hop_server()
-        .set_service(crate::proxy::hop::HopService::new(move |request| {
-            let mut app = hop_app.clone();
-            Box::pin(async move {
-                match tower_service::Service::call(&mut app, request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            })
-        }));
+    hop.set_service(crate::proxy::hop::HopService::new(move |request| {
+        let mut app = hop_app.clone();
+        Box::pin(async move {
+            match tower_service::Service::call(&mut app, request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }));
     // Alerts and periodic backups stop as soon as the node starts leaving: its own shutdown raises no
     // alert, and a leaving leader starts no backup. Both always start, whatever the file says: they
     // read `<alerts>` and `<backup>` from the live configuration, so a reload can turn them on.
@@ -687,7 +729,6 @@ async fn serve(
         .await;
     leaving.cancel();
     http_stop.cancel();
-    let hop = context.replica().hop_server().clone();
     hop.close();
     let drain_started = tokio::time::Instant::now();
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {

@@ -116,7 +116,7 @@ impl Routing {
                 );
                 match balancer.transport {
                     Transport::Hop => proxy.with_hop(crate::proxy::hop::HopClient::new(
-                        crate::raft::network::PeerClient::new(
+                        crate::peer::PeerClient::new(
                             &config.cluster.cluster_id,
                             &config.me.name,
                             config

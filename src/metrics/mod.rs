@@ -437,7 +437,7 @@ fn traffic(out: &mut Out, context: &NodeContext) -> fmt::Result {
         gossip.datagrams_rejected,
     )?;
     let (bytes_sent, bytes_received, frames_sent, frames_received) =
-        crate::raft::network::PEER_TRAFFIC.snapshot();
+        crate::peer::PEER_TRAFFIC.snapshot();
     out.counters(
         "peer_rpc_bytes_total",
         "Peer RPC (Raft and forwarded writes, TCP) bytes, frame headers included.",

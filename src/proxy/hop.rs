@@ -42,7 +42,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::raft::network::{PEER_TRAFFIC, PeerClient, PeerError, PeerStream};
+use crate::peer::server::HopHandler;
+use crate::peer::{PEER_TRAFFIC, PeerClient, PeerError, PeerStream};
 use crate::security::{FrameCipher, TAG_BYTES};
 
 /// Largest hop frame body: a request held for retry (64 KiB) or a body chunk, plus headers.
@@ -700,6 +701,16 @@ fn open_channel(stream: PeerStream, addr: SocketAddr) -> Arc<Channel> {
 
 // ---------------------------------------------------------------- serving side
 
+impl HopHandler for HopServer {
+    fn serve_hop(
+        self: Arc<Self>,
+        stream: PeerStream,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, Result<(), PeerError>> {
+        Box::pin(self.serve_channel(stream, addr))
+    }
+}
+
 /// What serves the requests arriving on hop channels: the node's whole application, as its HTTP
 /// listener would.
 pub struct HopService(Box<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>);
@@ -997,21 +1008,15 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
-    use crate::raft::network::{PeerHandler, serve};
+    use crate::peer::server::{Dispatch, RpcHandler, serve};
     use crate::security::{ClusterKey, PeerKey};
 
-    /// A peer handler that serves hop channels with `hop` (or refuses them with `None`).
-    struct Member {
-        hop: Option<Arc<HopServer>>,
-    }
+    /// A member's answer to every request that is not a hop channel.
+    struct Member;
 
-    impl PeerHandler for Member {
+    impl RpcHandler for Member {
         async fn handle(&self, _request: PeerRequest) -> PeerResponse {
             PeerResponse::Error("unexpected".to_string())
-        }
-
-        fn hop_server(&self) -> Option<Arc<HopServer>> {
-            self.hop.clone()
         }
     }
 
@@ -1109,9 +1114,11 @@ mod tests {
                     }
                 })
             }));
-            let handler = Arc::new(Member {
-                hop: serves_hop.then(|| hop.clone()),
-            });
+            // Serves hop channels with `hop`, or refuses them.
+            let mut dispatch = Dispatch::new(Arc::new(Member));
+            if serves_hop {
+                dispatch = dispatch.hop(hop.clone());
+            }
             let hello = Hello {
                 wire_version: PEER_WIRE_VERSION,
                 cluster_id: "demo".to_string(),
@@ -1120,7 +1127,7 @@ mod tests {
             let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
             tokio::spawn(serve(
                 listener,
-                handler,
+                dispatch,
                 hello,
                 key,
                 shutdown.clone(),

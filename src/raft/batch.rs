@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::network::{PeerAt, PeerError};
 use super::replica::ConsensusError;
 use crate::events::now_ms;
+use crate::peer::{PeerAt, PeerError};
 
 /// Most commands in one batch.
 pub const MAX_BATCH_COMMANDS: usize = 512;

@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::network::PeerAt;
 use super::replica::Replica;
 use crate::events::{EventKind, EventLog};
 use crate::membership::{MemberInfo, MemberState, Membership, MembershipView};
+use crate::peer::PeerAt;
 
 pub(super) fn peer_node(name: &str, cluster: SocketAddr, http: SocketAddr) -> PeerNode {
     PeerNode {

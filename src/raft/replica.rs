@@ -15,10 +15,9 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::raft::AppendEntriesResponse;
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use proto::raft::{
-    CommandResponse, Hello, LogId, NodeId, PEER_WIRE_VERSION, PeerNode, PeerRequest, PeerResponse,
-    SessionCommand, SessionId, TypeConfig,
+    CommandResponse, LogId, NodeId, PeerNode, PeerRequest, PeerResponse, SessionCommand, SessionId,
+    TypeConfig,
 };
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,13 +25,15 @@ use tracing::{debug, info, warn};
 
 use super::admission::WriteLimits;
 use super::batch::{Attempt, Proposed, Proposer, WriteQueue};
-use super::network::{AddressBook, Network, PeerAt, PeerClient, PeerError, PeerHandler};
+use super::network::Network;
 use super::state_machine::SessionReader;
 use super::status::{QuorumStatus, RaftStatus};
 use super::{RaftStorageError, bootstrap, housekeeping, open_storage, reconcile};
 use crate::config::NodeConfig;
 use crate::events::{EventLog, now_ms};
 use crate::membership::Membership;
+use crate::peer::server::RpcHandler;
+use crate::peer::{AddressBook, PeerAt, PeerClient, PeerError};
 
 /// Forwarded writes refused as malformed are logged at most this often.
 static REFUSED_WRITE_LOG: crate::security::LogThrottle =
@@ -108,8 +109,6 @@ pub struct Replica {
     pub(super) expired_total: AtomicU64,
     created_total: AtomicU64,
     deleted_total: AtomicU64,
-    /// Serves the hop channels other members open to the peer port.
-    hop: Arc<crate::proxy::hop::HopServer>,
     /// What a write must look like, and the session limit this node stamps on creates as leader.
     limits: WriteLimits,
     /// Creates refused because the cluster held `max-active` sessions (counted where the write entered).
@@ -121,13 +120,13 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the store in the node's data dir, starts Raft, serves peers on `peer_listener`, and
-    /// spawns bootstrap, reconciliation, expiry and access-time tasks.
+    /// Opens the store in the node's data dir, starts Raft, and spawns bootstrap, reconciliation,
+    /// expiry and access-time tasks. The node serves the peer port with the replica as its
+    /// [`RpcHandler`].
     pub async fn start(
         config: &NodeConfig,
         membership: Arc<Membership>,
         events: EventLog,
-        peer_listener: TcpListener,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Arc<Replica>, ReplicaError> {
@@ -187,11 +186,7 @@ impl Replica {
             .gossip_key
             .as_ref()
             .map(crate::security::PeerKey::new);
-        let client = PeerClient::new(
-            &config.cluster.cluster_id,
-            &config.me.name,
-            peer_key.clone(),
-        );
+        let client = PeerClient::new(&config.cluster.cluster_id, &config.me.name, peer_key);
         let addresses = {
             let membership = membership.clone();
             AddressBook::new(move |id| reconcile::gossiped_address(&membership.view(), id))
@@ -218,7 +213,6 @@ impl Replica {
             expired_total: AtomicU64::new(0),
             created_total: AtomicU64::new(0),
             deleted_total: AtomicU64::new(0),
-            hop: crate::proxy::hop::HopServer::new(),
             limits: WriteLimits::new(
                 config.cluster.sessions.max_bytes,
                 config.cluster.sessions.max_active,
@@ -231,28 +225,6 @@ impl Replica {
         });
         info!(node = %config.me.name, raft_id = id, pristine, "raft store opened in {}", data_dir.display());
 
-        let hello = Hello {
-            wire_version: PEER_WIRE_VERSION,
-            cluster_id: config.cluster.cluster_id.clone(),
-            from_name: config.me.name.clone(),
-        };
-        if peer_key.is_none() {
-            warn!(
-                node = %config.me.name,
-                "no cluster key: the peer port {} takes Raft traffic and session writes from anyone \
-                 who can reach it; set MICRO_TOMCAT_GOSSIP_KEY or <security gossip-key-file> \
-                 (make one with `openssl rand -base64 32`) unless the network is trusted",
-                config.me.cluster
-            );
-        }
-        tasks.spawn(super::network::serve(
-            peer_listener,
-            replica.clone(),
-            hello,
-            peer_key,
-            shutdown.clone(),
-            tasks.clone(),
-        ));
         membership.set_raft(id, pristine).await;
         tasks.spawn(super::batch::run(
             replica.clone(),
@@ -594,11 +566,6 @@ impl Replica {
         self.addresses.resolve(id, forward.leader_node.as_ref())
     }
 
-    /// The server of hop channels opened to this node (the node gives it its application).
-    pub fn hop_server(&self) -> &Arc<crate::proxy::hop::HopServer> {
-        &self.hop
-    }
-
     /// Proposes a forwarded write here and answers in peer-RPC terms.
     async fn answer_write(&self, command: SessionCommand) -> PeerResponse {
         match self.raft.client_write(command).await {
@@ -665,11 +632,7 @@ impl Proposer for Replica {
     }
 }
 
-impl PeerHandler for Replica {
-    fn hop_server(&self) -> Option<Arc<crate::proxy::hop::HopServer>> {
-        Some(self.hop.clone())
-    }
-
+impl RpcHandler for Replica {
     async fn handle(&self, request: PeerRequest) -> PeerResponse {
         match request {
             PeerRequest::AppendEntries(rpc) => match self.raft.append_entries(rpc).await {
