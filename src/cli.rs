@@ -291,7 +291,7 @@ pub enum StatusError {
     },
     /// The `--token-file` cannot be read or holds no valid token.
     #[error(transparent)]
-    Token(#[from] crate::security::SecretError),
+    Token(#[from] crate::config::secrets::SecretError),
 }
 
 impl StatusError {
@@ -535,10 +535,10 @@ pub async fn restore(
 /// (the same variable that gives a node its token).
 fn authorization(token_file: Option<&std::path::Path>) -> Result<Option<String>, StatusError> {
     if let Some(path) = token_file {
-        let token = crate::security::admin_token_from_file(path)?;
+        let token = crate::config::secrets::admin_token_from_file(path)?;
         return Ok(Some(format!("Bearer {token}")));
     }
-    Ok(std::env::var(crate::security::ADMIN_TOKEN_ENV)
+    Ok(std::env::var(crate::config::secrets::ADMIN_TOKEN_ENV)
         .ok()
         .map(|token| token.trim().to_string())
         .filter(|token| !token.is_empty())

@@ -149,7 +149,7 @@ fn init_logging(configured: Option<&str>) -> LogControl {
                 .with_writer(std::io::stderr)
                 .with_target(false)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(micro_tomcat::security::throttle_foreign_warnings()),
+                .with_filter(micro_tomcat::logging::throttle_foreign_warnings()),
         )
         .init();
     std::sync::Arc::new(move |level: &str| {

@@ -291,7 +291,7 @@ fn applications(context: &NodeContext, apps: Vec<Router>) -> Router {
         replica: context.replica().clone(),
         default_ttl_ms: context.live().session_ttl_ms.clone(),
         max_bytes: sessions.max_bytes,
-        admin: crate::security::AdminAuth::new(config.secrets.admin_token.clone()),
+        admin: crate::http::guards::AdminAuth::new(config.secrets.admin_token.clone()),
     };
     let served_by = HeaderValue::from_str(&config.me.name).unwrap_or(HeaderValue::from_static("?"));
     // Stamped only on what this node serves: a proxied response keeps the owner's stamp.
@@ -547,7 +547,7 @@ fn serve_peers(
         .secrets
         .gossip_key
         .as_ref()
-        .map(crate::security::PeerKey::new);
+        .map(crate::crypto::PeerKey::new);
     if key.is_none() {
         warn!(
             node = %config.me.name,
@@ -661,7 +661,7 @@ async fn serve(
     let app = http::router(context.clone())
         .merge(applications(&context, apps))
         .layer(axum::middleware::from_fn(
-            crate::security::limit_request_head,
+            crate::http::guards::limit_request_head,
         ));
     // Every request is measured (unless metrics are off) by one service around the whole router.
     let metrics = context.metrics();

@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::balancer::Target;
-use crate::security::HopToken;
+use crate::crypto::HopToken;
 
 /// Set on proxied requests: the receiver must serve locally, never proxy again. The value is the
 /// forwarding node's name and its [`HopToken`] (`node-1 0123…`); the receiver honours it only from a

@@ -123,7 +123,7 @@ impl Routing {
                                 .secrets
                                 .gossip_key
                                 .as_ref()
-                                .map(crate::security::PeerKey::new),
+                                .map(crate::crypto::PeerKey::new),
                         ),
                     )),
                     Transport::Http => proxy,
@@ -379,12 +379,12 @@ fn bad_gateway(message: String) -> Response {
 }
 
 /// Untrusted hop headers are logged at most this often: a client can send them at any rate.
-static UNTRUSTED_HOP_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(Duration::from_secs(10));
+static UNTRUSTED_HOP_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(Duration::from_secs(10));
 
 /// Refused client bodies are logged at most this often: a client can send them at any rate.
-static CLIENT_BODY_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(Duration::from_secs(10));
+static CLIENT_BODY_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(Duration::from_secs(10));
 
 /// The answer to a request whose body the client broke: 413 when it was longer than allowed, 408
 /// when it did not arrive in time, else 400.

@@ -19,7 +19,7 @@ use tower_http::services::ServeDir;
 use tower_http::services::fs::{Backend, File};
 use tracing::warn;
 
-use crate::security::LogThrottle;
+use crate::logging::LogThrottle;
 
 /// Files refused because they lie outside the docroot are logged at most this often.
 static ESCAPE_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));

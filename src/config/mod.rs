@@ -4,6 +4,7 @@
 //! (`validate`); `NodeConfig::resolve` merges the command line into the result.
 //! Every error is one line naming the file, the line and the element at fault.
 
+pub mod secrets;
 mod validate;
 mod xml;
 
@@ -198,7 +199,7 @@ pub enum ConfigError {
     },
     /// The cluster key or the admin token cannot be loaded (`<security>` or the environment).
     #[error(transparent)]
-    Secret(#[from] crate::security::SecretError),
+    Secret(#[from] secrets::SecretError),
 }
 
 /// The validated contents of `cluster-config.xml`.
@@ -688,8 +689,8 @@ impl ClusterConfig {
     pub fn check_secrets(
         &self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Result<crate::security::Secrets, ConfigError> {
-        crate::security::load_secrets(&self.security, env).map_err(|err| ConfigError::File {
+    ) -> Result<secrets::Secrets, ConfigError> {
+        secrets::load_secrets(&self.security, env).map_err(|err| ConfigError::File {
             file: self.source_name(),
             message: one_line(&err.to_string()),
         })
@@ -764,7 +765,7 @@ pub struct NodeConfig {
     /// `--data-dir`, else `<raft data-dir>/<name>`.
     pub data_dir: PathBuf,
     /// The cluster key and admin token, from the environment or the `<security>` files.
-    pub secrets: crate::security::Secrets,
+    pub secrets: secrets::Secrets,
 }
 
 impl NodeConfig {
@@ -859,8 +860,7 @@ impl NodeConfig {
                 .map_err(|problem| flag(format!("--upstream {}: {problem}", quote(raw))))?;
             cluster.app.upstream = Some(raw.clone());
         }
-        let secrets =
-            crate::security::load_secrets(&cluster.security, |name| std::env::var_os(name))?;
+        let secrets = secrets::load_secrets(&cluster.security, |name| std::env::var_os(name))?;
         Ok(NodeConfig {
             cluster,
             me,

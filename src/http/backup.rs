@@ -14,8 +14,8 @@ use proto::raft::{decode_backup_file, encode_backup_file};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::http::guards::RequireAdmin;
 use crate::node::NodeContext;
-use crate::security::RequireAdmin;
 use crate::session::restore::{
     self, MIN_RESTORE_BYTES, RESTORE_LIMIT_IN_MAX_SESSIONS, RestoreError, restore_limit,
 };
@@ -23,8 +23,8 @@ use crate::session::restore::{
 /// A restore whose body sends nothing for this long is refused (408), freeing the restore slot.
 const RESTORE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refused restores are logged at most this often (anyone can send one when no admin token is set).
-static REFUSED_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(Duration::from_secs(10));
+static REFUSED_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(Duration::from_secs(10));
 
 /// The backup routes.
 pub fn routes() -> Router<NodeContext> {

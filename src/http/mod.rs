@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod console;
 pub mod events;
+pub mod guards;
 pub mod server;
 pub mod status;
 
@@ -14,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::membership::MemberState;
 use crate::node::NodeContext;
-use crate::security::{AdminAuth, RequireAdmin};
 use status::ClusterStatus;
 
 /// Admin handlers of this router take [`RequireAdmin`]: the token comes from the node's secrets.

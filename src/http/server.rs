@@ -39,8 +39,8 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 use crate::config::HttpConfig;
+use crate::logging::LogThrottle;
 use crate::metrics::http::{AcceptError, ConnectionTimeout, CountedStream, HttpMetrics};
-use crate::security::LogThrottle;
 
 /// How long the node stays not ready after an accept failed for lack of file descriptors or memory
 /// (or for a reason we do not know):

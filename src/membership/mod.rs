@@ -33,13 +33,13 @@ pub use view::{MemberInfo, MemberState, MembershipView};
 /// How long dead incarnations and deleted keys stay in chitchat's state before they are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Problems with members' gossip values are logged at most this often.
-static GOSSIP_VALUE_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(Duration::from_secs(10));
+static GOSSIP_VALUE_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(Duration::from_secs(10));
 /// Distinct gossip problems remembered (so each is logged once) before the memory starts over.
 const MAX_REMEMBERED_WARNINGS: usize = 10_000;
 /// Gossip entries with impossible names are logged at most this often.
-static FOREIGN_NAME_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(Duration::from_secs(10));
+static FOREIGN_NAME_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(Duration::from_secs(10));
 
 /// Why membership could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ struct LocalState {
     raft_pristine: Option<bool>,
     /// The applications can be served (the upstream answers).
     ready: bool,
-    hop_token: Option<crate::security::HopToken>,
+    hop_token: Option<crate::crypto::HopToken>,
     /// The HTTP port accepts connections (no recent accept failure for lack of resources).
     accepting: bool,
 }
@@ -136,7 +136,7 @@ impl Membership {
                 .secrets
                 .gossip_key
                 .as_ref()
-                .map(crate::security::GossipSeal::new),
+                .map(crate::crypto::GossipSeal::new),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         };
@@ -283,7 +283,7 @@ impl Membership {
     }
 
     /// Publishes the token this node proves itself with in the hop header (see [`crate::routing`]).
-    pub async fn set_hop_token(&self, token: &crate::security::HopToken) {
+    pub async fn set_hop_token(&self, token: &crate::crypto::HopToken) {
         if let Ok(mut local) = self.local.lock() {
             local.hop_token = Some(token.clone());
         }
@@ -469,7 +469,7 @@ impl Observer {
             if !crate::config::is_node_name(&node.id.node_id) {
                 if let Some(held_back) = FOREIGN_NAME_LOG.allow() {
                     warn!(
-                        name = %crate::security::escape_for_log(&node.id.node_id),
+                        name = %crate::logging::escape_for_log(&node.id.node_id),
                         held_back,
                         "ignoring a gossip entry whose name is no node name"
                     );
@@ -614,7 +614,7 @@ impl Observer {
             hop_token: chosen
                 .hop_token
                 .as_deref()
-                .and_then(crate::security::HopToken::from_wire),
+                .and_then(crate::crypto::HopToken::from_wire),
         })
     }
 
@@ -740,7 +740,7 @@ impl Observer {
         if self.warned.insert(format!("{name}\u{0}{message}"))
             && let Some(held_back) = GOSSIP_VALUE_LOG.allow()
         {
-            let message = crate::security::escape_for_log(&message);
+            let message = crate::logging::escape_for_log(&message);
             warn!(node = %name, held_back, "{message}");
         }
     }

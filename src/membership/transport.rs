@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::security::{GOSSIP_NONCE_BYTES, GossipSeal, LogThrottle, SEAL_OVERHEAD};
+use crate::crypto::{GOSSIP_NONCE_BYTES, GossipSeal, SEAL_OVERHEAD};
+use crate::logging::LogThrottle;
 
 /// Largest UDP payload (IPv4), as chitchat bounds its own datagrams; larger input is dropped.
 pub const MAX_DATAGRAM_BYTES: usize = 65_507;
@@ -518,7 +519,7 @@ impl LoopbackCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::ClusterKey;
+    use crate::crypto::ClusterKey;
 
     fn syn(cluster_id: &str) -> ChitchatEnvelope {
         ChitchatEnvelope {

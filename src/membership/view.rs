@@ -63,7 +63,7 @@ pub struct MemberInfo {
     /// Whether it can serve its applications (false while, say, its upstream is down).
     pub ready: bool,
     /// The token it proves itself with in the hop header of requests it proxies over HTTP.
-    pub hop_token: Option<crate::security::HopToken>,
+    pub hop_token: Option<crate::crypto::HopToken>,
 }
 
 impl MemberInfo {

@@ -16,7 +16,7 @@ use super::{
     MAX_HELLO_BYTES, PeerError, PeerStream, authenticate_as_client, check_hello, fresh_nonce,
     read_frame, write_frame,
 };
-use crate::security::PeerKey;
+use crate::crypto::PeerKey;
 
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 16;

@@ -36,10 +36,10 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::security::{
-    FrameCipher, PEER_NONCE_BYTES, PeerKey, PeerRole, PeerTranscript, TAG_BYTES, escape_for_log,
-    random_bytes,
+use crate::crypto::{
+    FrameCipher, PEER_NONCE_BYTES, PeerKey, PeerRole, PeerTranscript, TAG_BYTES, random_bytes,
 };
+use crate::logging::escape_for_log;
 
 pub use client::{AddressBook, PeerAt, PeerClient};
 pub use traffic::{PEER_TRAFFIC, PeerTraffic};

@@ -20,7 +20,8 @@ use super::{
     HELLO_TIMEOUT, MAX_PEER_CONNECTIONS, PeerError, PeerStream, accept_handshake, read_frame,
     write_frame,
 };
-use crate::security::{LogThrottle, PeerKey, escape_for_log};
+use crate::crypto::PeerKey;
+use crate::logging::{LogThrottle, escape_for_log};
 
 /// Peers refused for not holding the cluster key are logged at most this often (with the number held
 /// back): a misconfigured node retries several times a second.

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::server::{Dispatch, RpcHandler, serve};
 use super::{PeerAt, PeerClient, PeerError, PeerStream, accept_handshake};
-use crate::security::{ClusterKey, PeerKey, TAG_BYTES};
+use crate::crypto::{ClusterKey, PeerKey, TAG_BYTES};
 
 /// Answers read-index requests with 7.
 struct Answer;

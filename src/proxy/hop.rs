@@ -42,9 +42,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::crypto::{FrameCipher, TAG_BYTES};
 use crate::peer::server::HopHandler;
 use crate::peer::{PEER_TRAFFIC, PeerClient, PeerError, PeerStream};
-use crate::security::{FrameCipher, TAG_BYTES};
 
 /// Largest hop frame body: a request held for retry (64 KiB) or a body chunk, plus headers.
 const MAX_HOP_FRAME_BYTES: usize = 1024 * 1024;
@@ -55,8 +55,8 @@ const MAX_STREAMS_PER_CHANNEL: usize = 16_384;
 const MAX_WINDOW_BYTES: usize = 16 * STREAM_WINDOW_BYTES as usize;
 /// Malformed hop requests (anyone can open a hop channel without a cluster key) are logged at most
 /// this often.
-static MALFORMED_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(std::time::Duration::from_secs(10));
+static MALFORMED_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(std::time::Duration::from_secs(10));
 /// Read buffer of a hop connection: one read takes in many frames.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A writer stops gathering frames at this many bytes and writes them.
@@ -885,7 +885,7 @@ async fn serve_request(
         Err(reason) => {
             // Whoever can open a hop channel can send these at any rate: one line per 10 s.
             if let Some(held_back) = MALFORMED_LOG.allow() {
-                let reason = crate::security::escape_for_log(&reason.to_string());
+                let reason = crate::logging::escape_for_log(&reason.to_string());
                 warn!(peer = %peer, %reason, held_back, "malformed request on a hop channel");
             }
             let _ = outgoing.send(HopDown::Head {
@@ -1008,8 +1008,8 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
+    use crate::crypto::{ClusterKey, PeerKey};
     use crate::peer::server::{Dispatch, RpcHandler, serve};
-    use crate::security::{ClusterKey, PeerKey};
 
     /// A member's answer to every request that is not a hop channel.
     struct Member;

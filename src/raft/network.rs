@@ -21,8 +21,8 @@ use proto::raft::{NodeId, PeerNode, PeerRequest, PeerResponse, TypeConfig};
 use tracing::{info, warn};
 
 use super::durable::Durability;
+use crate::logging::{LogThrottle, escape_for_log};
 use crate::peer::{AddressBook, PeerClient};
-use crate::security::{LogThrottle, escape_for_log};
 
 /// Shortest deadline given to a Raft RPC.
 const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(500);
@@ -306,7 +306,7 @@ mod tests {
 
     /// A peer server named "server" on a free port answering with [`Answer`].
     async fn server(
-        key: Option<crate::security::PeerKey>,
+        key: Option<crate::crypto::PeerKey>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> SocketAddr {

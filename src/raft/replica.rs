@@ -36,8 +36,8 @@ use crate::peer::server::RpcHandler;
 use crate::peer::{AddressBook, PeerAt, PeerClient, PeerError};
 
 /// Forwarded writes refused as malformed are logged at most this often.
-static REFUSED_WRITE_LOG: crate::security::LogThrottle =
-    crate::security::LogThrottle::new(Duration::from_secs(10));
+static REFUSED_WRITE_LOG: crate::logging::LogThrottle =
+    crate::logging::LogThrottle::new(Duration::from_secs(10));
 /// How long a write or a read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// Timeout of one forwarded request.
@@ -185,7 +185,7 @@ impl Replica {
             .secrets
             .gossip_key
             .as_ref()
-            .map(crate::security::PeerKey::new);
+            .map(crate::crypto::PeerKey::new);
         let client = PeerClient::new(&config.cluster.cluster_id, &config.me.name, peer_key);
         let addresses = {
             let membership = membership.clone();
@@ -666,7 +666,7 @@ impl RpcHandler for Replica {
                         warn!(
                             held_back,
                             "refused a forwarded write: {}",
-                            crate::security::escape_for_log(&problem)
+                            crate::logging::escape_for_log(&problem)
                         );
                     }
                     return PeerResponse::WriteRefused(problem);

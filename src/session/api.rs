@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::events::now_ms;
+use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::raft::replica::{ConsensusError, Replica};
-use crate::security::{AdminAuth, RequireAdmin};
 
 /// Largest TTL a client may ask for: one year.
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
