@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::clock::{now_ms, rfc3339};
 use crate::config::{AlertCondition, AlertRule, ClusterConfig, DEFAULT_ALERT_INTERVAL_MS};
-use crate::events::{now_ms, rfc3339};
 use crate::membership::MemberState;
 use crate::metrics::http::TrafficTotals;
 use crate::metrics::process::ProcessStats;

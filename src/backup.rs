@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::clock::{now_ms, rfc3339};
 use crate::config::BackupConfig;
-use crate::events::{now_ms, rfc3339};
 use crate::node::NodeContext;
 
 /// How often the periodic writer looks at its settings and the clock.

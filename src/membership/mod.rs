@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::events::{EventKind, EventLog, now_ms};
+use crate::events::{EventKind, EventLog};
 pub use detector::DetectorParams;
 use detector::HeartbeatHistory;
 use transport::CountingTransport;

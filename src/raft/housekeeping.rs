@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::{Attempt, Proposer};
 use super::replica::Replica;
-use crate::events::now_ms;
+use crate::clock::now_ms;
 
 /// At most this many entries are kept in the log behind a snapshot, so briefly absent followers
 /// catch up from the log (fewer with a small `snapshot-every`: a tenth of it).

@@ -13,8 +13,8 @@ use proto::raft::{CommandResponse, SessionCommand, SessionId, SessionRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::events::now_ms;
 use crate::http::guards::{AdminAuth, RequireAdmin};
+use crate::clock::now_ms;
 use crate::raft::replica::{ConsensusError, Replica};
 
 /// Largest TTL a client may ask for: one year.

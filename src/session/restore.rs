@@ -8,7 +8,7 @@ use proto::raft::{Backup, CommandResponse, SessionCommand};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::info;
 
-use crate::events::now_ms;
+use crate::clock::now_ms;
 use crate::raft::replica::{ConsensusError, Replica};
 
 /// A backup accepted by `/cluster/restore` may be this many times `<sessions max-bytes>` long (256 MiB

@@ -12,7 +12,7 @@ use tower_sessions::session_store::{Error, Result};
 use tower_sessions::{SessionStore, cookie::time::OffsetDateTime};
 
 use super::quota::CreateRate;
-use crate::events::now_ms;
+use crate::clock::now_ms;
 use crate::raft::replica::Replica;
 
 /// The cluster's session store: every node reads and writes the same sessions.
