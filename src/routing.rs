@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::{BalancerSnapshot, InFlight, LoadBalancer, RoutingKey, for_strategy};
 use crate::config::{HashKey, NodeConfig, Strategy, Transport};
+use crate::http::error::ApiError;
 use crate::membership::{MemberState, Membership};
 use crate::proxy::{
     HOP_HEADER, PreparedRequest, Proxy, ProxySettings, RETRY_BUFFER_LIMIT, buffer_for_retry,
@@ -371,11 +372,7 @@ pub fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn bad_gateway(message: String) -> Response {
-    (
-        StatusCode::BAD_GATEWAY,
-        axum::Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    ApiError::new(StatusCode::BAD_GATEWAY, message).into_response()
 }
 
 /// Untrusted hop headers are logged at most this often: a client can send them at any rate.
@@ -406,7 +403,7 @@ fn refuse_client_body(err: &crate::proxy::ProxyError) -> Response {
         info!(status = status.as_u16(), held_back, %cause, "refused a request whose body the client broke");
     }
     let message = format!("{err}: the request body was {what}");
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    ApiError::new(status, message).into_response()
 }
 
 /// Header carrying one id per client request; a retry on another member carries the same id, so an

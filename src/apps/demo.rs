@@ -8,6 +8,8 @@ use axum::routing::get;
 use serde_json::json;
 use tower_sessions::Session;
 
+use crate::http::error::ApiError;
+
 /// Session key of the counter.
 const COUNT_KEY: &str = "count";
 /// Session key of the last request id and the count it produced.
@@ -60,9 +62,9 @@ async fn counter(State(node): State<String>, headers: HeaderMap, session: Sessio
 }
 
 fn unavailable(err: tower_sessions::session::Error) -> Response {
-    (
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({ "error": format!("session store unavailable: {err}") })),
+        format!("session store unavailable: {err}"),
     )
-        .into_response()
+    .into_response()
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::balancer::Target;
+use crate::http::error::ApiError;
 use crate::membership::Membership;
 use crate::proxy::Proxy;
 
@@ -105,15 +106,12 @@ impl Upstream {
 }
 
 fn unavailable(message: String) -> Response {
-    let mut response = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(serde_json::json!({ "error": message })),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(UNAVAILABLE_HEADER, HeaderValue::from_static("upstream"));
-    response
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        .with_header(
+            HeaderName::from_static(UNAVAILABLE_HEADER),
+            HeaderValue::from_static("upstream"),
+        )
+        .into_response()
 }
 
 async fn forward(State(upstream): State<Arc<Upstream>>, mut request: Request) -> Response {

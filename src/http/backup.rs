@@ -15,6 +15,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::http::guards::RequireAdmin;
+use crate::http::error::ApiError;
 use crate::node::NodeContext;
 use crate::session::restore::{
     self, MIN_RESTORE_BYTES, RESTORE_LIMIT_IN_MAX_SESSIONS, RestoreError, restore_limit,
@@ -89,7 +90,7 @@ async fn read_bounded(body: Body, limit: usize) -> Result<Vec<u8>, Response> {
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+    ApiError::new(status, message).into_response()
 }
 
 async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {

@@ -18,6 +18,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{ClusterEvent, EventLog};
+use crate::http::error::ApiError;
 use crate::http::status::ClusterStatus;
 use crate::node::NodeContext;
 
@@ -164,11 +165,7 @@ pub fn stream(
     let after = match resume_point(headers, after) {
         Ok(after) => after,
         Err(message) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(serde_json::json!({ "error": message })),
-            )
-                .into_response();
+            return ApiError::new(StatusCode::BAD_REQUEST, message).into_response();
         }
     };
     let feed = EventFeed::new(context.events(), after);

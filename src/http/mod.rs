@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod console;
+pub mod error;
 pub mod events;
 pub mod guards;
 pub mod server;
@@ -18,6 +19,8 @@ use serde::Deserialize;
 use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::membership::MemberState;
 use crate::node::NodeContext;
+use crate::security::{AdminAuth, RequireAdmin};
+use error::ApiError;
 use status::ClusterStatus;
 
 /// Admin handlers of this router take [`RequireAdmin`]: the token comes from the node's secrets.
@@ -159,9 +162,8 @@ async fn set_draining(
         let state = if drain { "draining" } else { "up" };
         return axum::Json(serde_json::json!({ "node": name, "state": state })).into_response();
     }
-    let error = |status: StatusCode, message: String| {
-        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
-    };
+    let error =
+        |status: StatusCode, message: String| ApiError::new(status, message).into_response();
     if headers.contains_key(crate::proxy::HOP_HEADER) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
@@ -227,10 +229,8 @@ async fn reload_config(State(context): State<NodeContext>, _admin: RequireAdmin)
         Ok(summary) => {
             axum::Json(serde_json::json!({ "reloaded": true, "changes": summary })).into_response()
         }
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(serde_json::json!({ "reloaded": false, "error": error })),
-        )
+        Err(error) => ApiError::new(StatusCode::BAD_REQUEST, error)
+            .with_field("reloaded", false)
             .into_response(),
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::clock::now_ms;
+use crate::http::error::ApiError;
 use crate::raft::replica::{ConsensusError, Replica};
 
 /// Largest TTL a client may ask for: one year.
@@ -42,24 +43,6 @@ impl FromRef<SessionApi> for AdminAuth {
     }
 }
 
-/// An API failure with its HTTP status and a JSON body `{"error": "..."}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    current_version: Option<u64>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            current_version: None,
-        }
-    }
-}
-
 impl From<ConsensusError> for ApiError {
     fn from(err: ConsensusError) -> ApiError {
         let status = match err {
@@ -69,16 +52,6 @@ impl From<ConsensusError> for ApiError {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, err.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message });
-        if let Some(current) = self.current_version {
-            body["current_version"] = json!(current);
-        }
-        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -268,14 +241,14 @@ async fn update(
         )
             .into_response()),
         CommandResponse::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
-        CommandResponse::VersionMismatch { current } => Err(ApiError {
-            status: StatusCode::PRECONDITION_FAILED,
-            message: format!(
+        CommandResponse::VersionMismatch { current } => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
                 "version {} is stale; the session is at version {current}",
                 expected_version.unwrap_or(0)
             ),
-            current_version: Some(current),
-        }),
+        )
+        .with_field("current_version", current)),
         other => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("unexpected answer to put: {other:?}"),
@@ -324,7 +297,7 @@ mod tests {
         assert_eq!(if_match(&with_if_match("*")).ok(), Some(None));
         for bad in ["", "x", "-1", "3,4", "18446744073709551616"] {
             let err = if_match(&with_if_match(bad)).expect_err(bad);
-            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         }
     }
 
@@ -337,7 +310,7 @@ mod tests {
                 headers.insert(header::IF_MATCH, value);
             }
             if let Err(err) = if_match(&headers) {
-                prop_assert_eq!(err.status, StatusCode::BAD_REQUEST);
+                prop_assert_eq!(err.status(), StatusCode::BAD_REQUEST);
             }
         }
     }

@@ -13,6 +13,7 @@ use tower_sessions::{SessionStore, cookie::time::OffsetDateTime};
 
 use super::quota::CreateRate;
 use crate::clock::now_ms;
+use crate::http::error::ApiError;
 use crate::raft::replica::Replica;
 
 /// The cluster's session store: every node reads and writes the same sessions.
@@ -132,23 +133,20 @@ pub async fn explain_save_failures(
         Some(SaveFailure::RateLimited(wait)) => {
             // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return (
+            return ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
-                [(axum::http::header::RETRY_AFTER, seconds.max(1).to_string())],
-                axum::Json(serde_json::json!({
-                    "error": "session not created: this client creates sessions faster than \
-                              <sessions create-rate-per-ip> allows; retry later"
-                })),
+                "session not created: this client creates sessions faster than \
+                 <sessions create-rate-per-ip> allows; retry later",
             )
-                .into_response();
+            .with_header(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            )
+            .into_response();
         }
         None => return response,
     };
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": format!("session not saved: {reason}") })),
-    )
-        .into_response()
+    ApiError::new(status, format!("session not saved: {reason}")).into_response()
 }
 
 impl ClusterStore {
