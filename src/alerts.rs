@@ -25,16 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::client::{ExchangeError, HttpClient};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::{AlertCondition, AlertRule, ClusterConfig, DEFAULT_ALERT_INTERVAL_MS};
 use crate::membership::MemberState;
@@ -500,7 +498,7 @@ fn notifier(context: &NodeContext) -> Option<String> {
 pub fn start(context: NodeContext, tasks: &TaskTracker, shutdown: CancellationToken) {
     let (queue, pending) = mpsc::channel(QUEUE);
     let delivery = Delivery {
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: HttpClient::shared().clone(),
         cluster_id: context.config().cluster.cluster_id.clone(),
         external_url: format!("http://{}/console", context.config().me.http),
     };
@@ -640,7 +638,7 @@ async fn evaluate(
 }
 
 struct Delivery {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     cluster_id: String,
     external_url: String,
 }
@@ -696,11 +694,7 @@ async fn deliver(
     }
 }
 
-async fn post_with_retries(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    url: &str,
-    body: Bytes,
-) -> Result<(), String> {
+async fn post_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -716,33 +710,23 @@ async fn post_with_retries(
     Err(last)
 }
 
-async fn post_json(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    url: &str,
-    body: Bytes,
-) -> Result<(), String> {
+async fn post_json(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
     let request = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, "micro-tomcat-alerts")
         .body(Full::new(body))
         .map_err(|err| format!("bad request: {err}"))?;
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|err| format!("cannot reach: {err}"))?;
-        let status = response.status();
-        // Read the answer so the connection can be reused.
-        let _ = response.into_body().collect().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("answered {status}"))
-        }
+    // The answer's status decides; a body that breaks off does not undo a 2xx.
+    let status = match client.exchange(request, POST_TIMEOUT).await {
+        Ok((status, _)) | Err(ExchangeError::Body { status, .. }) => status,
+        Err(ExchangeError::Send(err)) => return Err(format!("cannot reach: {err}")),
+        Err(ExchangeError::Timeout(_)) => return Err(format!("no answer within {POST_TIMEOUT:?}")),
     };
-    tokio::time::timeout(POST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {POST_TIMEOUT:?}"))?
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
 }
 
 /// The Alertmanager webhook body (version 4) for one notification.
@@ -1160,7 +1144,7 @@ mod tests {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = HttpClient::new();
         post_with_retries(&client, &url, Bytes::from_static(b"{}"))
             .await
             .expect("delivered on the third attempt");

@@ -4,15 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::client::{CALL_TIMEOUT, CallError, HttpClient};
 use crate::config::RunOverrides;
 
-/// How long `status` waits for a node.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a backup or restore may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -294,6 +290,15 @@ pub enum StatusError {
     Token(#[from] crate::config::secrets::SecretError),
 }
 
+impl From<CallError> for StatusError {
+    fn from(err: CallError) -> StatusError {
+        match err {
+            CallError::BadUrl { url } => StatusError::BadUrl { url },
+            CallError::Unreachable { url, reason } => StatusError::Unreachable { url, reason },
+        }
+    }
+}
+
 impl StatusError {
     /// The exit code: 1 for a usage problem (a bad `--token-file`), 2 for everything else.
     pub fn exit_code(&self) -> u8 {
@@ -364,7 +369,7 @@ pub async fn http_call(
     headers: &[(&str, &str)],
 ) -> Result<(hyper::StatusCode, String), StatusError> {
     let (status, bytes) =
-        http_bytes(method, url, headers, bytes::Bytes::new(), STATUS_TIMEOUT).await?;
+        http_bytes(method, url, headers, bytes::Bytes::new(), CALL_TIMEOUT).await?;
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
@@ -376,47 +381,9 @@ pub async fn http_bytes(
     body: bytes::Bytes,
     timeout: Duration,
 ) -> Result<(hyper::StatusCode, bytes::Bytes), StatusError> {
-    let uri: hyper::Uri = url.parse().map_err(|_| StatusError::BadUrl {
-        url: url.to_string(),
-    })?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(StatusError::BadUrl {
-            url: url.to_string(),
-        });
-    }
-    let mut request = hyper::Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request =
-        request
-            .body(http_body_util::Full::new(body))
-            .map_err(|_| StatusError::BadUrl {
-                url: url.to_string(),
-            })?;
-    let client =
-        Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
-    let unreachable = |reason: String| StatusError::Unreachable {
-        url: url.to_string(),
-        reason,
-    };
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|err| unreachable(error_chain(&err)))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|err| unreachable(err.to_string()))?
-            .to_bytes();
-        Ok::<_, StatusError>((status, bytes))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+    Ok(HttpClient::shared()
+        .call(method, url, headers, body, timeout)
+        .await?)
 }
 
 /// Fetches a backup from `node` and writes it to `out` (atomically: a temporary file, then a rename).
@@ -543,17 +510,6 @@ fn authorization(token_file: Option<&std::path::Path>) -> Result<Option<String>,
         .map(|token| token.trim().to_string())
         .filter(|token| !token.is_empty())
         .map(|token| format!("Bearer {token}")))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Renders a status document as a member table.

@@ -54,6 +54,7 @@ pub mod apps;
 pub mod backup;
 pub mod balancer;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::http::guards::{AdminAuth, RequireAdmin};
+use crate::client::{CALL_TIMEOUT, HttpClient};
 use crate::membership::MemberState;
 use crate::node::NodeContext;
 use crate::security::{AdminAuth, RequireAdmin};
@@ -195,8 +196,18 @@ async fn set_draining(
     {
         forwarded.push((header::AUTHORIZATION.as_str(), authorization));
     }
-    match crate::cli::http_call(axum::http::Method::POST, &url, &forwarded).await {
+    let answer = HttpClient::shared()
+        .call(
+            axum::http::Method::POST,
+            &url,
+            &forwarded,
+            bytes::Bytes::new(),
+            CALL_TIMEOUT,
+        )
+        .await;
+    match answer {
         Ok((status, body)) => {
+            let body = String::from_utf8_lossy(&body).into_owned();
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(err) => error(StatusCode::BAD_GATEWAY, err.to_string()),
