@@ -49,9 +49,7 @@ macro_rules! forward_async_write {
     };
 }
 
-pub mod alerts;
 pub mod apps;
-pub mod backup;
 pub mod balancer;
 pub mod cli;
 pub mod client;
@@ -64,10 +62,13 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+<<<<<<< ours
 pub mod peer;
+=======
+pub mod ops;
+>>>>>>> theirs
 pub mod pid_file;
 pub mod proxy;
 pub mod raft;
-pub mod reload;
 pub mod routing;
 pub mod session;

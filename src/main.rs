@@ -6,8 +6,8 @@ use clap::Parser;
 use micro_tomcat::cli::{Cli, Command};
 use micro_tomcat::config::{ClusterConfig, NodeConfig};
 use micro_tomcat::node::Node;
+use micro_tomcat::ops::reload::LogControl;
 use micro_tomcat::pid_file::PidFile;
-use micro_tomcat::reload::LogControl;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {

@@ -83,7 +83,7 @@ struct ContextInner {
     events: EventLog,
     closing: CancellationToken,
     metrics: Arc<Metrics>,
-    live: Arc<crate::reload::LiveSettings>,
+    live: Arc<crate::ops::reload::LiveSettings>,
     accept: Arc<AcceptHealth>,
 }
 
@@ -109,7 +109,7 @@ impl NodeContext {
     }
 
     /// Settings a config reload can change.
-    pub fn live(&self) -> &crate::reload::LiveSettings {
+    pub fn live(&self) -> &crate::ops::reload::LiveSettings {
         &self.inner.live
     }
 
@@ -413,7 +413,7 @@ async fn reload_on_sighup(context: NodeContext, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 _ = hangup.recv() => {
                     info!("SIGHUP: reloading the configuration");
-                    let _ = crate::reload::reload(&context).await;
+                    let _ = crate::ops::reload::reload(&context).await;
                 }
             }
         }
@@ -488,7 +488,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     apps: Vec<Router>,
     listener: Option<TcpListener>,
-    log: Option<crate::reload::LogControl>,
+    log: Option<crate::ops::reload::LogControl>,
 }
 
 impl NodeBuilder {
@@ -506,7 +506,7 @@ impl NodeBuilder {
     }
 
     /// Lets a config reload change the log filter (`<logging level>`) through `control`.
-    pub fn log_control(mut self, control: crate::reload::LogControl) -> NodeBuilder {
+    pub fn log_control(mut self, control: crate::ops::reload::LogControl) -> NodeBuilder {
         self.log = Some(control);
         self
     }
@@ -577,7 +577,7 @@ async fn serve(
     config: NodeConfig,
     apps: Vec<Router>,
     http_listener: TcpListener,
-    log: Option<crate::reload::LogControl>,
+    log: Option<crate::ops::reload::LogControl>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let tasks = TaskTracker::new();
@@ -648,7 +648,7 @@ async fn serve(
             events,
             closing: http_stop.clone(),
             metrics: Arc::new(Metrics::new(config_metrics_enabled)),
-            live: Arc::new(crate::reload::LiveSettings::new(
+            live: Arc::new(crate::ops::reload::LiveSettings::new(
                 config.cluster.clone(),
                 log,
             )),
@@ -681,8 +681,8 @@ async fn serve(
     // alert, and a leaving leader starts no backup. Both always start, whatever the file says: they
     // read `<alerts>` and `<backup>` from the live configuration, so a reload can turn them on.
     let leaving = stop.child_token();
-    crate::alerts::start(context.clone(), &tasks, leaving.clone());
-    crate::backup::start(context.clone(), &tasks, leaving.clone());
+    crate::ops::alerts::start(context.clone(), &tasks, leaving.clone());
+    crate::ops::backup::start(context.clone(), &tasks, leaving.clone());
     tasks.spawn(publish_accepting(context.clone(), stop.clone()));
     let mut server = {
         let http_stop = http_stop.clone();

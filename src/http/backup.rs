@@ -94,7 +94,7 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {
-    match crate::backup::take(&context).await {
+    match crate::ops::backup::take(&context).await {
         Ok(backup) => {
             info!(
                 sessions = backup.sessions.len(),
@@ -103,7 +103,7 @@ async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Res
             );
             let name = format!(
                 "attachment; filename=\"{}\"",
-                crate::backup::file_name(&backup)
+                crate::ops::backup::file_name(&backup)
             );
             (
                 [

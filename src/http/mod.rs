@@ -236,7 +236,7 @@ async fn route_of(State(context): State<NodeContext>, Query(query): Query<RouteQ
 /// `POST /cluster/config/reload`: re-read the config file; 200 with what changed, 400 (old config kept)
 /// when the file is invalid.
 async fn reload_config(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {
-    match crate::reload::reload(&context).await {
+    match crate::ops::reload::reload(&context).await {
         Ok(summary) => {
             axum::Json(serde_json::json!({ "reloaded": true, "changes": summary })).into_response()
         }

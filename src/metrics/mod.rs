@@ -18,10 +18,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSe
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::alerts::AlertStats;
-use crate::backup::BackupStats;
 use crate::membership::MemberState;
 use crate::node::NodeContext;
+use crate::ops::alerts::AlertStats;
+use crate::ops::backup::BackupStats;
 use http::{AcceptError, ConnectionTimeout, HttpMetrics, RouteClass, STATUS_CLASSES};
 use process::ProcessStats;
 
