@@ -21,21 +21,12 @@ CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
 export WRK_LUA_DIR=$root/benches/wrk
 work=$(mktemp -d)
-pid=""
-
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of the node
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benches/lib.sh"
+cleanup_dirs+=("$work")
 
 run_one() { # bin label -> prints "label rps p50 p99"
-  local bin=$1 label=$2 http cluster
-  http=$(free_port); cluster=$(free_port)
+  local bin=$1 label=$2 http cluster pid
+  read -r http cluster <<<"$(free_ports 2)"
   rm -rf "$work/data"
   cat > "$work/cluster-config.xml" <<EOF
 <cluster id="bench"><raft data-dir="data" voters="1"/>
@@ -43,17 +34,16 @@ run_one() { # bin label -> prints "label rps p50 p99"
 EOF
   "$bin" run --config "$work/cluster-config.xml" --name node-1 > "$work/$label.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/readyz")" = 200 ] && break
-    sleep 0.1
-  done
+  PIDS[node]=$pid
+  STOPSIG[node]=TERM
+  wait_ready 20 "http://127.0.0.1:$http" || die "$label not ready after 20 s (log: $work/$label.log)"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$root/benches/wrk/get.lua" "http://127.0.0.1:$http/app/hello" > /dev/null
   local line cpu_before cpu_after
   cpu_before=$(cpu_ticks "$pid")
   line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$root/benches/wrk/get.lua" \
     "http://127.0.0.1:$http/app/hello" | grep '^WRKJSON')
   cpu_after=$(cpu_ticks "$pid")
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  stop_proc node
   python3 - "$label" "$line" "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 d = json.loads(sys.argv[2].split(" ", 1)[1])

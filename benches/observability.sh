@@ -13,8 +13,8 @@
 # medians and their ratio are reported, and the median of the per-round ratios (pairs close in time).
 #
 # Knobs (environment): DURATION=15s ROUNDS=3 FIRST=true (or false: each round starts with metrics off)
-# SKIP_BUILD=1.
-# Waits while any other wrk runs (someone else's benchmark) before each measurement.
+# SKIP_BUILD=1 (measure target/release as it is), MT_BIN=path (that binary), QUIET_WAIT_MAX=1500.
+# Waits while any other wrk or bench script runs (someone else's benchmark) before each measurement.
 # Every process this script starts is recorded in PIDS and killed on exit, even on failure or Ctrl-C.
 set -euo pipefail
 
@@ -25,7 +25,6 @@ DURATION=${DURATION:-15s}
 ROUNDS=${ROUNDS:-3}
 FIRST=${FIRST:-true} # the mode each round starts with (true: metrics on first)
 
-bin=$root/target/release/micro-tomcat
 out_dir=$root/target/bench
 work=$out_dir/observability-run
 raw=$out_dir/observability.txt
@@ -33,50 +32,20 @@ raw=$out_dir/observability.txt
 HTTP=(29081 29082 29083)
 CLUSTER=(29001 29002 29003)
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 2; }
-
-declare -A PIDS=() # key -> pid of a process this script started
-
-stop_proc() {
-  local key=$1 pid=${PIDS[$1]:-}
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "PIDS[$key]"
-}
-
-cleanup() {
-  local status=$? key
-  trap - EXIT INT TERM
-  for key in "${!PIDS[@]}"; do stop_proc "$key"; done
-  rm -rf "$work/data"
-  if [ "$status" -ne 0 ]; then log "exit status $status; logs are in $work/logs"; fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Nodes (node-N) and the scraper stop with TERM (set where each starts).
+. "$root/benches/lib.sh"
+cleanup_dirs+=("$work/data")
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
 
-for port in "${HTTP[@]}" "${CLUSTER[@]}"; do
-  if [ -n "$(ss -ltnH "sport = :$port")" ] || [ -n "$(ss -lunH "sport = :$port")" ]; then
-    die "port $port is in use; this benchmark needs 29001-29003 and 29081-29083 free"
-  fi
-done
+require_free_ports "29001-29003 and 29081-29083" "${HTTP[@]}" "${CLUSTER[@]}"
 
 rm -rf "$work"
 mkdir -p "$work/logs"
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-  log "building micro-tomcat (release)"
-  cargo build --release --bin micro-tomcat >"$work/logs/build.log" 2>&1 || die "build failed, see $work/logs/build.log"
-fi
-[ -x "$bin" ] || die "no binary at $bin"
 # Every run uses this one copy, even if someone rebuilds target/release meanwhile.
-cp "$bin" "$work/micro-tomcat"
-bin=$work/micro-tomcat
+mt_binary
 
 url() { echo "http://127.0.0.1:${HTTP[$(($1 - 1))]}"; }
 
@@ -100,22 +69,14 @@ EOF
 }
 
 start_cluster() { # config
-  local config=$1 n deadline ok
+  local config=$1 n
   rm -rf "$work/data"
   for n in 1 2 3; do
     "$bin" run --config "$config" --name "node-$n" >>"$work/logs/node-$n.log" 2>&1 &
     PIDS[node-$n]=$!
+    STOPSIG[node-$n]=TERM
   done
-  deadline=$((SECONDS + 60))
-  while :; do
-    ok=0
-    for n in 1 2 3; do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$(url "$n")/readyz")" = 200 ] && ok=$((ok + 1))
-    done
-    [ "$ok" -eq 3 ] && break
-    [ $SECONDS -lt $deadline ] || die "cluster not ready after 60 s (logs: $work/logs)"
-    sleep 0.2
-  done
+  wait_ready 60 "$(url 1)" "$(url 2)" "$(url 3)" || die "cluster not ready after 60 s (logs: $work/logs)"
 }
 
 stop_cluster() { local n; for n in 1 2 3; do stop_proc "node-$n"; done; }
@@ -133,16 +94,6 @@ local_session() { # a session id whose owner is node-1
   die "no session id k1..k200 (padded) is owned by node-1"
 }
 
-cpu_ticks() { # pid -> utime + stime in clock ticks (USER_HZ = 100)
-  awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"
-}
-
-wait_for_quiet() { # other people's wrk runs would skew ours
-  while pgrep -x wrk >/dev/null; do
-    log "another wrk is running ($(pgrep -ax wrk | head -1)); waiting"
-    sleep 10
-  done
-}
 
 measure() { # enabled(true|false) round -> requests/s
   local enabled=$1 round=$2 config session out lines rps p50 p99 cpu_before cpu_after requests cpu_us
@@ -155,6 +106,7 @@ measure() { # enabled(true|false) round -> requests/s
   wait_for_quiet
   (while :; do curl -s -o /dev/null --max-time 1 "$(url 1)/metrics"; sleep 1; done) &
   PIDS[scraper]=$!
+  STOPSIG[scraper]=TERM
   out=$work/wrk-$enabled-$round.txt
   cpu_before=$(cpu_ticks "${PIDS[node-1]}")
   log_before=$(wc -l <"$work/logs/node-1.log")

@@ -39,46 +39,15 @@ ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
-QUIET_WAIT_MAX=${QUIET_WAIT_MAX:-1500}
 
-bin=$root/target/release/micro-tomcat
 out_dir=$root/target/bench
 work=$out_dir/proxy-run
 results=$work/results.jsonl # one JSON object per measurement; summarised at the end
 export WRK_LUA_DIR=$root/benches/wrk
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 2; }
-
-# ---------------------------------------------------------------- process bookkeeping and cleanup
-declare -A PIDS=()     # key (mt-1, nginx-2, haproxy, ...) -> pid of a process this script started
-declare -A STOPSIG=()  # key -> signal that stops it cleanly (nginx: QUIT stops its workers too)
-
-stop_proc() { # key: stop one of our processes and reap it (quietly: no "Killed" job notice)
-  stop_proc_ "$@" 2>/dev/null
-}
-stop_proc_() {
-  local key=$1 pid=${PIDS[$1]:-} sig=${STOPSIG[$1]:-KILL}
-  [ -n "$pid" ] || return 0
-  kill -"$sig" "$pid" 2>/dev/null || true
-  # nginx's master waits for its workers; give it 5 s, then make sure.
-  local deadline=$((SECONDS + 5))
-  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "PIDS[$key]"
-}
-
-cleanup() {
-  local status=$? key
-  trap - EXIT INT TERM
-  for key in "${!PIDS[@]}"; do stop_proc "$key"; done
-  rm -rf "$work/mt-data"
-  if [ "$status" -ne 0 ]; then log "exit status $status; logs are in $work/logs"; fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Processes: mt-N, nginx-N, haproxy (each with the STOPSIG that stops it cleanly).
+. "$root/benches/lib.sh"
+cleanup_dirs+=("$work/mt-data")
 
 # ---------------------------------------------------------------- prerequisites
 need=()
@@ -96,53 +65,8 @@ rm -rf "$work"
 mkdir -p "$work/logs" "$work/wrk" "$work/mt-data" "$work/nginx" "$work/haproxy"
 : >"$results"
 
-# Other benchmarks on this machine would share our two cores: wait for them (bounded) and say so.
-quiet_waited=0
-wait_for_quiet() {
-  [ "$QUIET_WAIT_MAX" -gt 0 ] || return 0
-  local start=$SECONDS
-  # [b]enches: the pattern must not match a shell whose own command line merely mentions the name.
-  while pgrep -x wrk >/dev/null || pgrep -f '[b]enches/(sessions|observability)\.sh' >/dev/null; do
-    if [ $((SECONDS - start)) -ge "$QUIET_WAIT_MAX" ]; then
-      log "warning: another benchmark is still running after ${QUIET_WAIT_MAX}s; measuring anyway"
-      break
-    fi
-    log "another benchmark is running ($(pgrep -ax wrk | head -1)$(pgrep -af '[b]enches/(sessions|observability)\.sh' | head -1)); waiting 20 s"
-    sleep 20
-  done
-  quiet_waited=$((quiet_waited + SECONDS - start))
-}
-
-# N ports free for both TCP and UDP on 127.0.0.1 (all held open until every one is chosen).
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-held, ports = [], []
-while len(ports) < int(sys.argv[1]):
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        t.close(); continue
-    held += [t, u]; ports.append(port)
-print(" ".join(map(str, ports)))
-for s in held: s.close()
-PY
-}
-
 wait_for_quiet
-if [ -n "${MT_BIN:-}" ]; then
-  bin=$MT_BIN
-  MT_SOURCE=${MT_SOURCE:-"given binary $MT_BIN"}
-else
-  log "building micro-tomcat (release)"
-  cargo build --release --bin micro-tomcat >"$work/logs/build.log" 2>&1 || die "build failed, see $work/logs/build.log"
-  MT_SOURCE="working tree of $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(git status --porcelain -- src proto Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed files under src/ proto/ Cargo.*"
-fi
-[ -x "$bin" ] || die "no binary at $bin"
-cp "$bin" "$work/micro-tomcat" # others may rebuild target/release meanwhile
-bin=$work/micro-tomcat
+mt_binary
 
 read -r -a PORTS <<<"$(free_ports 10)"
 MT_HTTP=("${PORTS[@]:0:3}")
@@ -176,16 +100,8 @@ for n in 1 2 3; do
   PIDS[mt-$n]=$!
   STOPSIG[mt-$n]=TERM
 done
-deadline=$((SECONDS + 60))
-while :; do
-  ok=0
-  for n in 1 2 3; do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$(mt_url "$n")/readyz")" = 200 ] && ok=$((ok + 1))
-  done
-  [ "$ok" -eq 3 ] && break
-  [ $SECONDS -lt $deadline ] || die "micro-tomcat not ready on all nodes after 60 s (logs: $work/logs/node-*.log)"
-  sleep 0.2
-done
+wait_ready 60 "$(mt_url 1)" "$(mt_url 2)" "$(mt_url 3)" ||
+  die "micro-tomcat not ready on all nodes after 60 s (logs: $work/logs/node-*.log)"
 log "micro-tomcat: 3 nodes ready"
 
 # Two kinds of cookie value:

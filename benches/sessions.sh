@@ -27,7 +27,6 @@ ROUNDS=${ROUNDS:-2}
 TRIALS=${TRIALS:-10}
 MEM_SESSIONS=${MEM_SESSIONS:-100000}
 
-bin=$root/target/release/micro-tomcat
 out_dir=$root/target/bench
 work=$out_dir/sessions-run
 results=$work/results.jsonl          # one JSON object per measurement; summarised at the end
@@ -41,31 +40,10 @@ ETCD_CLIENT=(12379 22379 32379)
 ETCD_PEER=(12380 22380 32380)
 ETCD_INITIAL_CLUSTER="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 2; }
-
-# ---------------------------------------------------------------- process bookkeeping and cleanup
-declare -A PIDS=() # key (mt-1, etcd-2, ...) -> pid of a process this script started
-
-stop_proc() { # key: kill -9 one of our processes and reap it
-  local key=$1 pid=${PIDS[$1]:-}
-  [ -n "$pid" ] || return 0
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "PIDS[$key]"
-}
-
-cleanup() {
-  local status=$? key
-  trap - EXIT INT TERM
-  for key in "${!PIDS[@]}"; do stop_proc "$key"; done
-  # Data dirs can be large (100k sessions, etcd's bbolt file); logs stay for inspection.
-  rm -rf "$work/mt-data" "$work/etcd-data"
-  if [ "$status" -ne 0 ]; then log "exit status $status; logs are in $work/logs"; fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Processes (mt-N, etcd-N) are killed with -9 at exit (lib.sh's default STOPSIG).
+. "$root/benches/lib.sh"
+# Data dirs can be large (100k sessions, etcd's bbolt file); logs stay for inspection.
+cleanup_dirs+=("$work/mt-data" "$work/etcd-data")
 
 # ---------------------------------------------------------------- prerequisites
 need=()
@@ -82,28 +60,15 @@ command -v python3 >/dev/null || die "python3 is required (failover timing, summ
 # would only add noise. Say so rather than touch a process this script did not start.
 if pgrep -x etcd >/dev/null; then log "warning: an etcd is already running (not ours): results get noisier"; fi
 
-for port in "${MT_HTTP[@]}" "${ETCD_CLIENT[@]}" "${ETCD_PEER[@]}" "${MT_CLUSTER[@]}"; do
-  if [ -n "$(ss -ltnH "sport = :$port")" ] || [ -n "$(ss -lunH "sport = :$port")" ]; then
-    die "port $port is in use; this benchmark needs 17001-17003, 18081-18083, N2379/N2380 free"
-  fi
-done
+require_free_ports "17001-17003, 18081-18083, N2379/N2380" \
+  "${MT_HTTP[@]}" "${ETCD_CLIENT[@]}" "${ETCD_PEER[@]}" "${MT_CLUSTER[@]}"
 
 rm -rf "$work"
 mkdir -p "$work/logs" "$work/wrk" "$work/mt-data" "$work/etcd-data"
 : >"$results"
 
-if [ -n "${MT_BIN:-}" ]; then
-  bin=$MT_BIN
-  MT_SOURCE=${MT_SOURCE:-"given binary $MT_BIN"}
-else
-  log "building micro-tomcat (release)"
-  cargo build --release --bin micro-tomcat >"$work/logs/build.log" 2>&1 || die "build failed, see $work/logs/build.log"
-  MT_SOURCE="working tree of $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(git status --porcelain -- src proto Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed files under src/ proto/ Cargo.*"
-fi
-[ -x "$bin" ] || die "no binary at $bin"
-# Run a private copy: others may rebuild target/release while we restart nodes in the failover trials.
-cp "$bin" "$work/micro-tomcat"
-bin=$work/micro-tomcat
+# A private copy: others may rebuild target/release while we restart nodes in the failover trials.
+mt_binary
 
 # ---------------------------------------------------------------- micro-tomcat cluster
 # The repository's cluster-config.xml with other ports and the data under the run folder.
@@ -134,16 +99,8 @@ mt_start() { # n: start node-n (keeps its data dir across restarts)
 }
 
 mt_wait_ready() { # wait until /readyz answers 200 on all three nodes
-  local deadline=$((SECONDS + 60)) n ok
-  while :; do
-    ok=0
-    for n in 1 2 3; do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$(mt_url "$n")/readyz")" = 200 ] && ok=$((ok + 1))
-    done
-    [ "$ok" -eq 3 ] && return 0
-    [ $SECONDS -lt $deadline ] || die "micro-tomcat not ready on all nodes after 60 s (logs: $work/logs/node-*.log)"
-    sleep 0.2
-  done
+  wait_ready 60 "$(mt_url 1)" "$(mt_url 2)" "$(mt_url 3)" ||
+    die "micro-tomcat not ready on all nodes after 60 s (logs: $work/logs/node-*.log)"
 }
 
 mt_leader() { # prints the leader's node number, asking the first node that names one
@@ -306,8 +263,6 @@ PY
 
 # ---------------------------------------------------------------- memory
 # Resident set size now, and its peak over the process's life (VmHWM: e.g. while a snapshot is built).
-rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
-hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 # wrk knows only durations, so: run wrk -c50 in the background for up to 10 minutes, poll the store's
 # count every 0.5 s, and stop wrk with SIGINT (it then prints its summary) once MEM_SESSIONS is reached.

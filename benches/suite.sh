@@ -59,80 +59,15 @@ MEM_BYTES=${MEM_BYTES:-1024}
 MEM_HTTP_UPTO=${MEM_HTTP_UPTO:-10000}
 MEM_SMALL_BYTES=${MEM_SMALL_BYTES:-100}
 MEM_MAX_SECS=${MEM_MAX_SECS:-600}
-QUIET_WAIT_MAX=${QUIET_WAIT_MAX:-1500}
 
 out_dir=$root/target/bench
 work=$out_dir/suite-run
 export WRK_LUA_DIR=$root/benches/wrk
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 2; }
-
-# ---------------------------------------------------------------- process bookkeeping and cleanup
-declare -A PIDS=()    # key -> pid of a process this (part) process started
-declare -A STOPSIG=() # key -> signal that stops it cleanly (default KILL)
-cleanup_dirs=()       # data dirs deleted at exit (they can be gigabytes)
-
-stop_proc() { # key: stop one of our processes and reap it (quietly: no "Killed" job notice)
-  stop_proc_ "$@" 2>/dev/null
-}
-stop_proc_() {
-  local key=$1 pid=${PIDS[$1]:-} sig=${STOPSIG[$1]:-KILL}
-  [ -n "$pid" ] || return 0
-  kill -"$sig" "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 10))
-  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "PIDS[$key]"
-  unset "STOPSIG[$key]"
-}
-
-cleanup() {
-  local status=$? key dir
-  trap - EXIT INT TERM
-  for key in "${!PIDS[@]}"; do stop_proc "$key"; done
-  for dir in "${cleanup_dirs[@]}"; do rm -rf "$dir"; done
-  if [ "$status" -ne 0 ]; then log "exit status $status; logs are in $work/logs"; fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Processes: node-N of each part, etcd-N, wrk-fill, the running part (each with its STOPSIG).
+. "$root/benches/lib.sh"
 
 # ---------------------------------------------------------------- helpers shared by the parts
-wait_for_quiet() { # other benchmarks would share our two cores: wait for them (bounded)
-  [ "$QUIET_WAIT_MAX" -gt 0 ] || return 0
-  local start=$SECONDS
-  # [b]enches: the pattern must not match a shell whose own command line merely mentions the name.
-  while pgrep -x wrk >/dev/null || pgrep -f '[b]enches/(sessions|observability|proxy)\.sh' >/dev/null; do
-    if [ $((SECONDS - start)) -ge "$QUIET_WAIT_MAX" ]; then
-      log "warning: another benchmark is still running after ${QUIET_WAIT_MAX}s; measuring anyway"
-      break
-    fi
-    log "another benchmark is running; waiting 20 s"
-    sleep 20
-  done
-}
-
-free_ports() { # N ports free for both TCP and UDP on 127.0.0.1
-  python3 - "$1" <<'PY'
-import socket, sys
-held, ports = [], []
-while len(ports) < int(sys.argv[1]):
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        t.close(); continue
-    held += [t, u]; ports.append(port)
-print(" ".join(map(str, ports)))
-for s in held: s.close()
-PY
-}
-
-rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
-hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 mem_available_mb() { awk '/^MemAvailable:/ {printf "%d", $2 / 1024}' /proc/meminfo; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
@@ -323,16 +258,7 @@ mt_start() { # prefix dir n
   PIDS[$prefix-$n]=$!
 }
 mt_wait_ready() { # count: /readyz 200 on node-1..count
-  local count=$1 deadline=$((SECONDS + 120)) n ok
-  while :; do
-    ok=0
-    for n in $(seq 1 "$count"); do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${MT_URLS[$n]}/readyz")" = 200 ] && ok=$((ok + 1))
-    done
-    [ "$ok" -eq "$count" ] && return 0
-    [ $SECONDS -lt $deadline ] || die "cluster not ready after 120 s"
-    sleep 0.3
-  done
+  wait_ready 120 "${MT_URLS[@]:1:$1}" || die "cluster not ready after 120 s"
 }
 log_warnings() { # prefix dir count -> one JSON line with WARN/ERROR counts per node
   local prefix=$1 dir=$2 count=$3 n total=0 c
@@ -858,16 +784,7 @@ start_date=$(date -u)
 start_uptime=$(uptime)
 
 wait_for_quiet
-if [ -n "${MT_BIN:-}" ]; then
-  MT_SOURCE=${MT_SOURCE:-"given binary $MT_BIN"}
-else
-  log "building micro-tomcat (release)"
-  cargo build --release --bin micro-tomcat >"$work/logs/build.log" 2>&1 || die "build failed, see $work/logs/build.log"
-  MT_SOURCE="working tree of $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(git status --porcelain -- src proto Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed files under src/ proto/ Cargo.*"
-  cp "$root/target/release/micro-tomcat" "$work/micro-tomcat"
-  bin=$work/micro-tomcat
-fi
-[ -x "$bin" ] || die "no binary at $bin"
+mt_binary
 export MT_SOURCE
 
 run_part() { # name command... : runs one part as a child process, records status, time and load
