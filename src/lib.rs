@@ -62,11 +62,8 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod node;
-<<<<<<< ours
-pub mod peer;
-=======
 pub mod ops;
->>>>>>> theirs
+pub mod peer;
 pub mod pid_file;
 pub mod proxy;
 pub mod raft;

@@ -14,8 +14,8 @@ use proto::raft::{decode_backup_file, encode_backup_file};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::http::guards::RequireAdmin;
 use crate::http::error::ApiError;
+use crate::http::guards::RequireAdmin;
 use crate::node::NodeContext;
 use crate::session::restore::{
     self, MIN_RESTORE_BYTES, RESTORE_LIMIT_IN_MAX_SESSIONS, RestoreError, restore_limit,

@@ -16,11 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::client::{CALL_TIMEOUT, HttpClient};
+use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::membership::MemberState;
 use crate::node::NodeContext;
-use crate::security::{AdminAuth, RequireAdmin};
 use error::ApiError;
 use status::ClusterStatus;
 

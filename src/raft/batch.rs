@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::replica::ConsensusError;
-use crate::peer::{PeerAt, PeerError};
 use crate::clock::now_ms;
+use crate::peer::{PeerAt, PeerError};
 
 /// Most commands in one batch.
 pub const MAX_BATCH_COMMANDS: usize = 512;

@@ -13,9 +13,9 @@ use proto::raft::{CommandResponse, SessionCommand, SessionId, SessionRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::clock::now_ms;
 use crate::http::error::ApiError;
+use crate::http::guards::{AdminAuth, RequireAdmin};
 use crate::raft::replica::{ConsensusError, Replica};
 
 /// Largest TTL a client may ask for: one year.
