@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::crypto::AdminToken;
+use crate::http::error::ApiError;
 use crate::logging::LogThrottle;
 
 /// Largest request head (request line and headers) a node accepts; above it, 431.
@@ -49,15 +50,14 @@ impl IntoResponse for AdminRejection {
             ),
             AdminRejection::Wrong => (StatusCode::FORBIDDEN, "the admin token is not valid"),
         };
-        let mut response =
-            (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        let mut error = ApiError::new(status, message);
         if self == AdminRejection::Missing {
-            response.headers_mut().insert(
+            error = error.with_header(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"micro-tomcat\""),
             );
         }
-        response
+        error.into_response()
     }
 }
 
@@ -144,13 +144,13 @@ pub async fn limit_request_head(request: Request, next: Next) -> Response {
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>();
     if head > MAX_REQUEST_HEAD_BYTES {
-        return (
+        return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            axum::Json(serde_json::json!({
-                "error": format!("the request head is {head} bytes; at most {MAX_REQUEST_HEAD_BYTES} are accepted")
-            })),
+            format!(
+                "the request head is {head} bytes; at most {MAX_REQUEST_HEAD_BYTES} are accepted"
+            ),
         )
-            .into_response();
+        .into_response();
     }
     next.run(request).await
 }
