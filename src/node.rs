@@ -17,7 +17,7 @@ use crate::config::NodeConfig;
 use crate::events::EventLog;
 use crate::http;
 use crate::http::server::AcceptHealth;
-use crate::http::status::{BalancerStatus, ClusterStatus, RaftStatus, SessionsStatus};
+use crate::http::status::{ClusterStatus, StatusSource};
 use crate::membership::{MemberInfo, MemberState, Membership, MembershipError, MembershipView};
 use crate::metrics::Metrics;
 use crate::metrics::http::Measured;
@@ -85,6 +85,7 @@ struct ContextInner {
     metrics: Arc<Metrics>,
     live: Arc<crate::ops::reload::LiveSettings>,
     accept: Arc<AcceptHealth>,
+    status: StatusSource,
 }
 
 impl NodeContext {
@@ -141,60 +142,7 @@ impl NodeContext {
 
     /// The status document as of now.
     pub fn status(&self) -> ClusterStatus {
-        let config = self.config();
-        let view = self.membership().view();
-        let mut status = ClusterStatus::build(
-            &config.cluster.cluster_id,
-            &config.me.name,
-            &view,
-            self.membership().traffic(),
-        );
-        let raft = self.replica().status();
-        for row in &mut status.members {
-            let raft_id = view.member(&row.name).and_then(|member| member.raft_id);
-            row.raft_role = raft_id.and_then(|id| {
-                if raft.is_voter(id) {
-                    Some("voter".to_string())
-                } else if raft.is_learner(id) {
-                    Some("learner".to_string())
-                } else {
-                    None
-                }
-            });
-        }
-        let leader = raft.leader_label();
-        status.leader = leader.clone();
-        let applied = raft.applied_index.unwrap_or(0);
-        status.raft = Some(RaftStatus {
-            term: raft.term,
-            leader,
-            // A follower only knows the commit index through what it applied.
-            commit_index: applied,
-            applied_index: applied,
-            voters: raft.voter_names(),
-            learners: raft.learner_names(),
-            quorum: raft.quorum,
-        });
-        let routing = self.routing();
-        status.balancer = Some(BalancerStatus {
-            strategy: routing.strategy().as_str().to_string(),
-            key: routing.key().as_str().to_string(),
-            connect_timeout_ms: routing.connect_timeout().as_millis() as u64,
-            response_timeout_ms: routing.response_timeout().as_millis() as u64,
-            transport: if routing.uses_hop() { "hop" } else { "http" }.to_string(),
-            members: routing.members(),
-            targets: routing.stats(),
-        });
-        let live = self.live().cluster.load();
-        status.sessions = Some(SessionsStatus {
-            active: self.replica().reader().len() as u64,
-            expired_total: self.replica().expired_total(),
-            max_active: self.replica().limits().max_active(),
-            create_rate_per_ip: live.sessions.create_rate_per_ip,
-            // A restart-only setting: what this node runs with, not what the file says now.
-            cookie_secure: self.config().cluster.sessions.cookie_secure,
-        });
-        status
+        self.inner.status.status()
     }
 
     /// `Ok` when this node has joined gossip, Raft has a leader, and this node applied its log.
@@ -639,6 +587,19 @@ async fn serve(
     };
     let http_stop = CancellationToken::new();
     let config_metrics_enabled = config.cluster.metrics.enabled;
+    let live = Arc::new(crate::ops::reload::LiveSettings::new(
+        config.cluster.clone(),
+        log,
+    ));
+    let status = StatusSource {
+        cluster_id: config.cluster.cluster_id.clone(),
+        node: config.me.name.clone(),
+        cookie_secure: config.cluster.sessions.cookie_secure,
+        membership: membership.clone(),
+        replica: replica.clone(),
+        routing: routing.clone(),
+        live: live.clone(),
+    };
     let context = NodeContext {
         inner: Arc::new(ContextInner {
             membership,
@@ -648,11 +609,9 @@ async fn serve(
             events,
             closing: http_stop.clone(),
             metrics: Arc::new(Metrics::new(config_metrics_enabled)),
-            live: Arc::new(crate::ops::reload::LiveSettings::new(
-                config.cluster.clone(),
-                log,
-            )),
+            live,
             accept: Arc::new(AcceptHealth::default()),
+            status,
             config,
         }),
     };

@@ -1,8 +1,16 @@
-//! The `/cluster/status` document, in JSON and XML.
+//! The `/cluster/status` document, in JSON and XML: built here and nowhere else, from narrow inputs
+//! (the membership view, our [`RaftSnapshot`], the routing figures, the session figures and the gossip
+//! counters) that [`StatusSource`] reads from their owners at the moment of the request.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::membership::{MemberInfo, MembershipView, TrafficSnapshot};
+use crate::membership::{MemberInfo, Membership, MembershipView, TrafficSnapshot};
+use crate::ops::reload::LiveSettings;
+use crate::raft::replica::Replica;
+use crate::raft::status::RaftStatus as RaftSnapshot;
+use crate::routing::Routing;
 
 /// The whole status document. Field names are the contract in DESIGN.md.
 #[derive(Debug, Clone, Serialize)]
@@ -15,11 +23,11 @@ pub struct ClusterStatus {
     pub leader: Option<String>,
     /// Every member this node knows, itself included, sorted by name.
     pub members: Vec<MemberStatus>,
-    /// Raft figures (filled by the Raft layer).
+    /// Raft figures.
     pub raft: Option<RaftStatus>,
-    /// Session figures (filled by the session layer).
+    /// Session figures.
     pub sessions: Option<SessionsStatus>,
-    /// Balancer figures (filled by the balancer).
+    /// Balancer figures.
     pub balancer: Option<BalancerStatus>,
     /// This node's gossip traffic since start.
     pub gossip: TrafficSnapshot,
@@ -137,22 +145,132 @@ impl MemberStatus {
     }
 }
 
+/// Everything the status document is made of, as read at one instant.
+pub struct StatusInputs<'a> {
+    /// `id` of `<cluster>`.
+    pub cluster_id: &'a str,
+    /// The node that answers.
+    pub node: &'a str,
+    /// The membership as this node sees it.
+    pub view: &'a MembershipView,
+    /// This node's gossip traffic since start.
+    pub gossip: TrafficSnapshot,
+    /// Raft as this node sees it.
+    pub raft: &'a RaftSnapshot,
+    /// The routing figures.
+    pub balancer: BalancerStatus,
+    /// The session figures.
+    pub sessions: SessionsStatus,
+}
+
+impl BalancerStatus {
+    /// The routing figures of `routing` as of now.
+    pub fn of(routing: &Routing) -> BalancerStatus {
+        BalancerStatus {
+            strategy: routing.strategy().as_str().to_string(),
+            key: routing.key().as_str().to_string(),
+            connect_timeout_ms: routing.connect_timeout().as_millis() as u64,
+            response_timeout_ms: routing.response_timeout().as_millis() as u64,
+            transport: if routing.uses_hop() { "hop" } else { "http" }.to_string(),
+            members: routing.members(),
+            targets: routing.stats(),
+        }
+    }
+}
+
+/// What the status document is read from: the owners of its parts, nothing else of the node.
+#[derive(Clone)]
+pub struct StatusSource {
+    /// `id` of `<cluster>`.
+    pub cluster_id: String,
+    /// This node's name.
+    pub node: String,
+    /// Whether the session cookie carries `Secure`: a restart-only setting, so what this node runs
+    /// with, not what the file says now.
+    pub cookie_secure: bool,
+    /// Gossip: the view and the traffic counters.
+    pub membership: Arc<Membership>,
+    /// Raft and the session figures.
+    pub replica: Arc<Replica>,
+    /// The balancer.
+    pub routing: Arc<Routing>,
+    /// The live settings (`create-rate-per-ip`).
+    pub live: Arc<LiveSettings>,
+}
+
+impl StatusSource {
+    /// The status document as of now.
+    pub fn status(&self) -> ClusterStatus {
+        let view = self.membership.view();
+        let raft = self.replica.status();
+        let live = self.live.cluster.load();
+        let sessions = SessionsStatus {
+            active: self.replica.reader().len() as u64,
+            expired_total: self.replica.expired_total(),
+            max_active: self.replica.limits().max_active(),
+            create_rate_per_ip: live.sessions.create_rate_per_ip,
+            cookie_secure: self.cookie_secure,
+        };
+        ClusterStatus::build(StatusInputs {
+            cluster_id: &self.cluster_id,
+            node: &self.node,
+            view: &view,
+            gossip: self.membership.traffic(),
+            raft: &raft,
+            balancer: BalancerStatus::of(&self.routing),
+            sessions,
+        })
+    }
+}
+
 impl ClusterStatus {
-    /// The status as this node sees it now.
-    pub fn build(
-        cluster_id: &str,
-        node: &str,
-        view: &MembershipView,
-        gossip: TrafficSnapshot,
-    ) -> ClusterStatus {
+    /// The document made of `inputs`.
+    pub fn build(inputs: StatusInputs<'_>) -> ClusterStatus {
+        let StatusInputs {
+            cluster_id,
+            node,
+            view,
+            gossip,
+            raft,
+            balancer,
+            sessions,
+        } = inputs;
+        let members = view
+            .members
+            .iter()
+            .map(|member| {
+                let mut row = MemberStatus::from_member(member);
+                row.raft_role = member.raft_id.and_then(|id| {
+                    if raft.is_voter(id) {
+                        Some("voter".to_string())
+                    } else if raft.is_learner(id) {
+                        Some("learner".to_string())
+                    } else {
+                        None
+                    }
+                });
+                row
+            })
+            .collect();
+        let leader = raft.leader_label();
+        let applied = raft.applied_index.unwrap_or(0);
         ClusterStatus {
             cluster_id: cluster_id.to_string(),
             node: node.to_string(),
-            leader: None,
-            members: view.members.iter().map(MemberStatus::from_member).collect(),
-            raft: None,
-            sessions: None,
-            balancer: None,
+            leader: leader.clone(),
+            members,
+            raft: Some(RaftStatus {
+                term: raft.term,
+                leader,
+                // A follower only knows the commit index through what it applied.
+                commit_index: applied,
+                applied_index: applied,
+                voters: raft.voter_names(),
+                learners: raft.learner_names(),
+                quorum: raft.quorum.clone(),
+            }),
+            sessions: Some(sessions),
+            balancer: Some(balancer),
             gossip,
         }
     }
