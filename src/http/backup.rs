@@ -14,9 +14,9 @@ use proto::raft::{decode_backup_file, encode_backup_file};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::http::SharedState;
 use crate::http::error::ApiError;
 use crate::http::guards::RequireAdmin;
-use crate::node::NodeContext;
 use crate::session::restore::{
     self, MIN_RESTORE_BYTES, RESTORE_LIMIT_IN_MAX_SESSIONS, RestoreError, restore_limit,
 };
@@ -28,7 +28,7 @@ static REFUSED_LOG: crate::logging::LogThrottle =
     crate::logging::LogThrottle::new(Duration::from_secs(10));
 
 /// The backup routes.
-pub fn routes() -> Router<NodeContext> {
+pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/cluster/backup", get(backup))
         .route("/cluster/restore", post(restore))
@@ -93,8 +93,8 @@ fn error(status: StatusCode, message: String) -> Response {
     ApiError::new(status, message).into_response()
 }
 
-async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Response {
-    match crate::ops::backup::take(&context).await {
+async fn backup(State(context): State<SharedState>, _admin: RequireAdmin) -> Response {
+    match crate::ops::backup::take(&context.backup).await {
         Ok(backup) => {
             info!(
                 sessions = backup.sessions.len(),
@@ -119,7 +119,7 @@ async fn backup(State(context): State<NodeContext>, _admin: RequireAdmin) -> Res
 }
 
 async fn restore(
-    State(context): State<NodeContext>,
+    State(context): State<SharedState>,
     _admin: RequireAdmin,
     request: Request,
 ) -> Response {
@@ -132,7 +132,7 @@ async fn restore(
             "another restore is running on this node; try again when it has finished".to_string(),
         );
     };
-    let limit = restore_limit(context.config().cluster.sessions.max_bytes);
+    let limit = restore_limit(context.session_max_bytes);
     let body = match read_bounded(request.into_body(), limit).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -144,7 +144,7 @@ async fn restore(
         Ok(backup) => backup,
         Err(err) => return error(StatusCode::BAD_REQUEST, err.to_string()),
     };
-    match restore::restore(context.replica(), &slot, backup).await {
+    match restore::restore(&context.replica, &slot, backup).await {
         Ok(restored) => axum::Json(json!({
             "imported": restored.imported,
             "skipped": restored.skipped,

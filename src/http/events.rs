@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{ClusterEvent, EventLog};
 use crate::http::error::ApiError;
-use crate::http::status::ClusterStatus;
-use crate::node::NodeContext;
+use crate::http::status::{ClusterStatus, StatusSource};
 
 /// A comment line goes out this often on an idle stream, so proxies and clients keep the connection.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -155,12 +154,15 @@ pub fn sse_event(event: &ClusterEvent) -> Result<Event, axum::Error> {
         .json_data(event)
 }
 
-/// The live stream for one client, resuming after the point its headers or query name.
+/// The live stream of `log` (the events of `node`) for one client, resuming after the point its
+/// headers or query name; with `status`, status snapshots go along. It ends when `closing` is cancelled.
 pub fn stream(
-    context: NodeContext,
+    log: &EventLog,
+    node: &str,
+    closing: CancellationToken,
+    status: Option<StatusSource>,
     headers: &HeaderMap,
     after: Option<u64>,
-    with_status: bool,
 ) -> Response {
     let after = match resume_point(headers, after) {
         Ok(after) => after,
@@ -168,24 +170,23 @@ pub fn stream(
             return ApiError::new(StatusCode::BAD_REQUEST, message).into_response();
         }
     };
-    let feed = EventFeed::new(context.events(), after);
+    let feed = EventFeed::new(log, after);
     let greeting = match feed.restarted_from() {
-        Some(id) => format!(
-            "{} has no event {id} (restarted?): replaying its history from the start",
-            context.config().me.name
-        ),
-        None => format!("events of {} after {after}", context.config().me.name),
+        Some(id) => {
+            format!("{node} has no event {id} (restarted?): replaying its history from the start")
+        }
+        None => format!("events of {node} after {after}"),
     };
-    let status = with_status.then(|| {
+    let status = status.map(|source| {
         let mut ticks = tokio::time::interval(STATUS_INTERVAL);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        (context.clone(), ticks)
+        (source, ticks)
     });
     let state = StreamState {
         greeting: Some(Event::default().comment(greeting).retry(RECONNECT_DELAY)),
         feed,
         status,
-        closing: context.closing().clone(),
+        closing,
     };
     let events = futures_util::stream::unfold(state, |mut state| async move {
         let item = state.next_item().await?;
@@ -199,7 +200,7 @@ pub fn stream(
 struct StreamState {
     greeting: Option<Event>,
     feed: EventFeed,
-    status: Option<(NodeContext, Interval)>,
+    status: Option<(StatusSource, Interval)>,
     closing: CancellationToken,
 }
 
@@ -218,9 +219,9 @@ impl StreamState {
             } = self;
             let status_tick = async {
                 match status {
-                    Some((context, ticks)) => {
+                    Some((source, ticks)) => {
                         ticks.tick().await;
-                        context.status()
+                        source.status()
                     }
                     None => std::future::pending().await,
                 }

@@ -9,8 +9,8 @@ pub mod http;
 pub mod process;
 
 use std::fmt;
+use std::sync::Arc;
 
-use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
@@ -18,10 +18,13 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSe
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::membership::MemberState;
-use crate::node::NodeContext;
+use crate::events::EventLog;
+use crate::membership::{MemberState, Membership};
 use crate::ops::alerts::AlertStats;
 use crate::ops::backup::BackupStats;
+use crate::ops::reload::LiveSettings;
+use crate::raft::replica::Replica;
+use crate::routing::Routing;
 use http::{AcceptError, ConnectionTimeout, HttpMetrics, RouteClass, STATUS_CLASSES};
 use process::ProcessStats;
 
@@ -33,8 +36,8 @@ pub const PREFIX: &str = "micro_tomcat";
 pub struct Metrics {
     enabled: bool,
     http: &'static HttpMetrics,
-    alerts: AlertStats,
-    backups: BackupStats,
+    alerts: Arc<AlertStats>,
+    backups: Arc<BackupStats>,
 }
 
 impl Metrics {
@@ -46,8 +49,8 @@ impl Metrics {
             // without touching a reference count, which would be one more cache line shared by
             // every core on every request.
             http: Box::leak(Box::default()),
-            alerts: AlertStats::default(),
-            backups: BackupStats::default(),
+            alerts: Arc::default(),
+            backups: Arc::default(),
         }
     }
 
@@ -61,27 +64,45 @@ impl Metrics {
         self.http
     }
 
-    /// What alerting did.
-    pub fn alerts(&self) -> &AlertStats {
+    /// What alerting did (the evaluator counts into it).
+    pub fn alerts(&self) -> &Arc<AlertStats> {
         &self.alerts
     }
 
-    /// What periodic backups did.
-    pub fn backups(&self) -> &BackupStats {
+    /// What periodic backups did (the writer counts into it).
+    pub fn backups(&self) -> &Arc<BackupStats> {
         &self.backups
     }
 }
 
+/// What a scrape reads, each from its owner: nothing is kept twice.
+pub struct MetricsInputs {
+    /// This node's name (its own row of the routing figures).
+    pub node: String,
+    /// This node's own counters.
+    pub metrics: Arc<Metrics>,
+    /// The membership view and the gossip traffic.
+    pub membership: Arc<Membership>,
+    /// Event counts by kind.
+    pub events: EventLog,
+    /// Raft and the session figures.
+    pub replica: Arc<Replica>,
+    /// The proxy figures.
+    pub routing: Arc<Routing>,
+    /// The live settings: the create-rate refusals, whether `<alerts>` and `<backup>` are configured.
+    pub live: Arc<LiveSettings>,
+}
+
 /// `GET /metrics`: the text format, or 404 when metrics are turned off.
-pub async fn serve(State(context): State<NodeContext>) -> Response {
-    if !context.metrics().enabled() {
+pub fn serve(context: &Arc<MetricsInputs>) -> Response {
+    if !context.metrics.enabled() {
         return (
             StatusCode::NOT_FOUND,
             "metrics are turned off (<metrics enabled=\"false\"/>)\n",
         )
             .into_response();
     }
-    match render(&context) {
+    match render(context) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -99,7 +120,7 @@ pub async fn serve(State(context): State<NodeContext>) -> Response {
 }
 
 /// Every metric of this node as of now, in the Prometheus text format.
-pub fn render(context: &NodeContext) -> Result<String, fmt::Error> {
+pub fn render(context: &Arc<MetricsInputs>) -> Result<String, fmt::Error> {
     // A registry per scrape: it holds only the collector, and the collector holds the context only
     // for the scrape (kept in the context, it would keep itself alive).
     let mut registry = Registry::with_prefix(PREFIX);
@@ -113,7 +134,7 @@ pub fn render(context: &NodeContext) -> Result<String, fmt::Error> {
 
 /// Reads every figure at scrape time.
 struct Scrape {
-    context: NodeContext,
+    context: Arc<MetricsInputs>,
 }
 
 impl fmt::Debug for Scrape {
@@ -202,8 +223,8 @@ impl Collector for Scrape {
         )?;
         membership(&mut out, context)?;
         process(&mut out)?;
-        http_figures(&mut out, context.metrics().http())?;
-        latency_histograms(&mut out, context.metrics().http())?;
+        http_figures(&mut out, context.metrics.http())?;
+        latency_histograms(&mut out, context.metrics.http())?;
         sessions(&mut out, context)?;
         traffic(&mut out, context)?;
         raft(&mut out, context)?;
@@ -213,8 +234,8 @@ impl Collector for Scrape {
     }
 }
 
-fn membership(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let view = context.membership().view();
+fn membership(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let view = context.membership.view();
     let states = [
         MemberState::Up,
         MemberState::Down,
@@ -251,7 +272,7 @@ fn membership(out: &mut Out, context: &NodeContext) -> fmt::Result {
         "membership_events_total",
         "Membership and leader events this node recorded, by kind.",
         context
-            .events()
+            .events
             .counts()
             .iter()
             .map(|(kind, count)| (labels([("kind", kind.as_str())]), *count))
@@ -373,8 +394,8 @@ fn latency_histograms(out: &mut Out, http: &HttpMetrics) -> fmt::Result {
     Ok(())
 }
 
-fn sessions(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let replica = context.replica();
+fn sessions(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let replica = &context.replica;
     out.gauge(
         "sessions_active",
         "Sessions held by this node's replica of the session store.",
@@ -397,7 +418,7 @@ fn sessions(out: &mut Out, context: &NodeContext) -> fmt::Result {
             ),
             (
                 labels([("reason", "rate")]),
-                context.live().create_rate.refused_total(),
+                context.live.create_rate.refused_total(),
             ),
         ],
     )?;
@@ -413,8 +434,8 @@ fn sessions(out: &mut Out, context: &NodeContext) -> fmt::Result {
     )
 }
 
-fn traffic(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let gossip = context.membership().traffic();
+fn traffic(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let gossip = context.membership.traffic();
     let direction = |sent: u64, received: u64| {
         vec![
             (labels([("direction", "sent")]), sent),
@@ -450,8 +471,8 @@ fn traffic(out: &mut Out, context: &NodeContext) -> fmt::Result {
     )
 }
 
-fn raft(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let raft = context.replica().status();
+fn raft(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let raft = context.replica.status();
     out.gauge("raft_term", "Current Raft term.", raft.term)?;
     out.gauge(
         "raft_last_log_index",
@@ -485,9 +506,9 @@ fn raft(out: &mut Out, context: &NodeContext) -> fmt::Result {
     )
 }
 
-fn routing(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let routing = context.routing();
-    let me = &context.config().me.name;
+fn routing(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let routing = &context.routing;
+    let me = &context.node;
     let stats = routing.stats();
     let others: Vec<_> = stats.iter().filter(|target| &target.name != me).collect();
     out.counter(
@@ -550,8 +571,8 @@ fn routing(out: &mut Out, context: &NodeContext) -> fmt::Result {
     )
 }
 
-fn alerting(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let stats = context.metrics().alerts();
+fn alerting(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let stats = context.metrics.alerts();
     out.gauges(
         "alerts_firing",
         "Alerts firing now as this node evaluates its <alerts> rules, by rule.",
@@ -561,7 +582,7 @@ fn alerting(out: &mut Out, context: &NodeContext) -> fmt::Result {
             .map(|(name, count)| (labels([("alertname", &name)]), count))
             .collect(),
     )?;
-    let configured = context.live().cluster.load().alerts.is_some();
+    let configured = context.live.cluster.load().alerts.is_some();
     out.counters(
         "alert_notifications_total",
         "Alert notifications this node POSTed to webhooks, by status and outcome (sent, or failed after retries).",
@@ -579,9 +600,9 @@ fn alerting(out: &mut Out, context: &NodeContext) -> fmt::Result {
     )
 }
 
-fn backups(out: &mut Out, context: &NodeContext) -> fmt::Result {
-    let stats = context.metrics().backups();
-    let configured = context.live().cluster.load().backup.is_some();
+fn backups(out: &mut Out, context: &MetricsInputs) -> fmt::Result {
+    let stats = context.metrics.backups();
+    let configured = context.live.cluster.load().backup.is_some();
     if !configured && stats.written() == 0 && stats.failed() == 0 {
         return Ok(());
     }

@@ -8,6 +8,7 @@
 //! are read from the live configuration every second: a reload changes them at once.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{now_ms, rfc3339};
 use crate::config::BackupConfig;
-use crate::node::NodeContext;
+use crate::ops::reload::LiveSettings;
+use crate::raft::replica::Replica;
 
 /// How often the periodic writer looks at its settings and the clock.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -28,23 +30,35 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
 /// The extension of backup files.
 pub const FILE_EXTENSION: &str = "mtbackup";
 
+/// What a backup is taken from.
+#[derive(Clone)]
+pub struct BackupSource {
+    /// The sessions, read after a linearizable barrier.
+    pub replica: Arc<Replica>,
+    /// `id` of `<cluster>`.
+    pub cluster_id: String,
+    /// This node's name.
+    pub node: String,
+    /// The config file the node started with, whose text goes into the backup.
+    pub config_file: Option<PathBuf>,
+}
+
 /// Takes a backup as of now: linearizable, so it holds every write acknowledged before the call.
-pub async fn take(context: &NodeContext) -> Result<Backup, String> {
-    let replica = context.replica();
+pub async fn take(source: &BackupSource) -> Result<Backup, String> {
+    let replica = &source.replica;
     replica
         .linearizable_barrier()
         .await
         .map_err(|err| err.to_string())?;
     let (index, sessions) = replica.reader().export();
-    let config = context.config();
-    let config_xml = match &config.cluster.source {
+    let config_xml = match &source.config_file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|err| format!("cannot read {}: {err}", path.display()))?,
         None => String::new(),
     };
     Ok(Backup {
-        cluster_id: config.cluster.cluster_id.clone(),
-        node: config.me.name.clone(),
+        cluster_id: source.cluster_id.clone(),
+        node: source.node.clone(),
         log_index: index.unwrap_or(0),
         created_ms: now_ms(),
         config_xml,
@@ -115,15 +129,25 @@ impl BackupStats {
     }
 }
 
-/// Starts the periodic writer on `tasks`; it stops on `shutdown`. Without `<backup>` it only checks,
-/// once a second, whether a reload added one.
-pub fn start(context: NodeContext, tasks: &TaskTracker, shutdown: CancellationToken) {
-    tasks.spawn(write_periodically(context, shutdown));
+/// What the periodic writer reads: where backups come from, its live settings, and its counters.
+pub struct PeriodicBackups {
+    /// What each backup is taken from.
+    pub source: BackupSource,
+    /// `<backup>`, read every second.
+    pub live: Arc<LiveSettings>,
+    /// What the writer did, for `/metrics`.
+    pub stats: Arc<BackupStats>,
 }
 
-async fn write_periodically(context: NodeContext, shutdown: CancellationToken) {
-    let me = context.config().me.name.clone();
-    let cluster_id = context.config().cluster.cluster_id.clone();
+/// Starts the periodic writer on `tasks`; it stops on `shutdown`. Without `<backup>` it only checks,
+/// once a second, whether a reload added one.
+pub fn start(backups: PeriodicBackups, tasks: &TaskTracker, shutdown: CancellationToken) {
+    tasks.spawn(write_periodically(backups, shutdown));
+}
+
+async fn write_periodically(backups: PeriodicBackups, shutdown: CancellationToken) {
+    let me = backups.source.node.clone();
+    let cluster_id = backups.source.cluster_id.clone();
     // After a failure: no attempt before this instant, unless a reload changed the settings.
     let mut backoff: Option<(tokio::time::Instant, BackupConfig)> = None;
     loop {
@@ -131,13 +155,13 @@ async fn write_periodically(context: NodeContext, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
-        let Some(settings) = context.live().cluster.load().backup.clone() else {
+        let Some(settings) = backups.live.cluster.load().backup.clone() else {
             continue;
         };
         let waiting = backoff.as_ref().is_some_and(|(until, failed_with)| {
             tokio::time::Instant::now() < *until && *failed_with == settings
         });
-        if waiting || !context.replica().is_leader() {
+        if waiting || !backups.source.replica.is_leader() {
             continue;
         }
         let dir = settings.dir.clone();
@@ -153,8 +177,8 @@ async fn write_periodically(context: NodeContext, shutdown: CancellationToken) {
                 debug!(node = %me, dir = %settings.dir.display(), "cannot list the backup folder: {err}");
             }
         }
-        let stats = context.metrics().backups();
-        match write_one(&context, &settings).await {
+        let stats = &backups.stats;
+        match write_one(&backups.source, &settings).await {
             Ok(written) => {
                 backoff = None;
                 stats.written.fetch_add(1, Ordering::Relaxed);
@@ -226,15 +250,15 @@ struct Written {
 }
 
 /// Takes a backup and stores it in `settings.dir`, keeping the newest `settings.keep`.
-async fn write_one(context: &NodeContext, settings: &BackupConfig) -> Result<Written, String> {
-    let backup = take(context).await?;
+async fn write_one(source: &BackupSource, settings: &BackupConfig) -> Result<Written, String> {
+    let backup = take(source).await?;
     let name = file_name(&backup);
     let bytes = encode_backup_file(&backup);
     let (sessions, log_index, size) = (backup.sessions.len(), backup.log_index, bytes.len());
     drop(backup);
     let dir = settings.dir.clone();
     let keep = settings.keep;
-    let cluster_id = context.config().cluster.cluster_id.clone();
+    let cluster_id = source.cluster_id.clone();
     let stored = tokio::task::spawn_blocking(move || store(&dir, &name, &bytes, keep, &cluster_id))
         .await
         .map_err(|err| format!("the writer stopped: {err}"))?

@@ -16,8 +16,9 @@ use tracing::{error, info, warn};
 use crate::config::{
     AlertCondition, AlertRule, AlertsConfig, BackupConfig, ClusterConfig, HttpConfig,
 };
-use crate::events::EventKind;
-use crate::node::NodeContext;
+use crate::events::{EventKind, EventLog};
+use crate::raft::replica::Replica;
+use crate::routing::Routing;
 
 /// Applies a new log filter (`RUST_LOG` syntax); provided by whoever installed the subscriber.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -283,10 +284,27 @@ fn compare_alerts(old: Option<&AlertsConfig>, new: Option<&AlertsConfig>) -> Vec
     }
 }
 
+/// What a reload reads and changes: the live settings and the parts that apply a tunable themselves.
+#[derive(Clone)]
+pub struct Reloader {
+    /// This node's name.
+    pub node: String,
+    /// The settings a reload changes.
+    pub live: Arc<LiveSettings>,
+    /// The configuration the node started with: what needs a restart is judged against it.
+    pub started_with: Arc<ClusterConfig>,
+    /// Applies `<balancer>`.
+    pub routing: Arc<Routing>,
+    /// Applies `<sessions max-active>` (through its write limits).
+    pub replica: Arc<Replica>,
+    /// Where `config reloaded` is recorded.
+    pub events: EventLog,
+}
+
 /// Re-reads the config file and applies what can change live. On any error the running configuration
 /// stays as it was. Returns a one-line summary.
-pub async fn reload(context: &NodeContext) -> Result<String, String> {
-    let live = context.live();
+pub async fn reload(reloader: &Reloader) -> Result<String, String> {
+    let live = &reloader.live;
     let _one_at_a_time = live.busy.lock().await;
     let old = live.cluster.load_full();
     let Some(path) = old.source.clone() else {
@@ -322,14 +340,14 @@ pub async fn reload(context: &NodeContext) -> Result<String, String> {
     let (applied, _) = compare(&old, &new);
     // What needs a restart is judged against what the node started with, so it is named on every
     // reload until the node restarts, not just the first.
-    let (_, restart) = compare(&context.config().cluster, &new);
-    context.routing().apply(&new.balancer);
+    let (_, restart) = compare(&reloader.started_with, &new);
+    reloader.routing.apply(&new.balancer);
     live.session_ttl_ms
         .store(new.sessions.ttl.as_millis() as u64, Ordering::Relaxed);
     live.create_rate
         .set_per_second(new.sessions.create_rate_per_ip);
-    context
-        .replica()
+    reloader
+        .replica
         .limits()
         .set_max_active(new.sessions.max_active);
     live.cluster.store(Arc::new(new));
@@ -348,10 +366,9 @@ pub async fn reload(context: &NodeContext) -> Result<String, String> {
             restart.join(", ")
         );
     }
-    let name = context.config().me.name.clone();
-    let event = context
-        .events()
-        .record(EventKind::ConfigReloaded, &name, summary.clone());
+    let event = reloader
+        .events
+        .record(EventKind::ConfigReloaded, &reloader.node, summary.clone());
     info!(
         seq = event.seq,
         "configuration reloaded from {}: {summary}",

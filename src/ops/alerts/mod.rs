@@ -35,9 +35,12 @@ use tracing::{info, warn};
 use crate::client::HttpClient;
 use crate::clock::now_ms;
 use crate::config::{AlertCondition, AlertRule, ClusterConfig, DEFAULT_ALERT_INTERVAL_MS};
-use crate::membership::MemberState;
+use crate::http::readiness::Readiness;
+use crate::membership::{MemberState, Membership};
+use crate::metrics::http::HttpMetrics;
 use crate::metrics::process::ProcessStats;
-use crate::node::NodeContext;
+use crate::ops::reload::LiveSettings;
+use crate::raft::replica::Replica;
 use rules::{AlertKey, AlertStatus, Evaluator, Notification, Observation, TrafficWindow};
 use webhook::{Delivery, deliver};
 
@@ -86,15 +89,38 @@ impl AlertStats {
     }
 }
 
+/// What alerting evaluates and where it reports: the membership view, Raft, this node's request
+/// figures and readiness, the live `<alerts>`, and its own counters.
+pub struct AlertInputs {
+    /// This node's name.
+    pub node: String,
+    /// `id` of `<cluster>`, sent in every notification.
+    pub cluster_id: String,
+    /// The console's address, sent in every notification.
+    pub external_url: String,
+    /// The membership view (`member-down`, the notifier when there is no leader).
+    pub membership: Arc<Membership>,
+    /// Raft (`no-leader`, the notifier).
+    pub replica: Arc<Replica>,
+    /// This node's request figures (`error-rate`, `p99-latency`).
+    pub http: &'static HttpMetrics,
+    /// Whether this node has joined: evaluation starts then.
+    pub readiness: Readiness,
+    /// `<alerts>`, read at every evaluation.
+    pub live: Arc<LiveSettings>,
+    /// What alerting did, for `/metrics`.
+    pub stats: Arc<AlertStats>,
+}
+
 /// The conditions of every rule that hold now, as this node sees them.
 fn observe(
-    context: &NodeContext,
+    context: &AlertInputs,
     rules: &[AlertRule],
     window: &TrafficWindow,
     me: &str,
 ) -> Vec<Observation> {
     let mut observed = Vec::new();
-    let view = context.membership().view();
+    let view = context.membership.view();
     for rule in rules {
         let key = |member: Option<String>| AlertKey {
             rule: rule.name.clone(),
@@ -112,7 +138,7 @@ fn observe(
                 }
             }
             AlertCondition::NoLeader => {
-                if context.replica().status().leader.is_none() {
+                if context.replica.status().leader.is_none() {
                     observed.push(Observation {
                         key: key(None),
                         summary: format!("no Raft leader (seen from {me})"),
@@ -180,15 +206,15 @@ fn observe(
 }
 
 /// Who sends notifications as this node sees it: the Raft leader, else the first `up` member by name.
-fn notifier(context: &NodeContext) -> Option<String> {
-    let raft = context.replica().status();
+fn notifier(context: &AlertInputs) -> Option<String> {
+    let raft = context.replica.status();
     if raft.is_leader() {
-        return Some(context.config().me.name.clone());
+        return Some(context.node.clone());
     }
     if let Some(name) = raft.leader_name {
         return Some(name);
     }
-    let view = context.membership().view();
+    let view = context.membership.view();
     view.members
         .iter()
         .find(|member| member.state == MemberState::Up)
@@ -197,20 +223,17 @@ fn notifier(context: &NodeContext) -> Option<String> {
 
 /// Starts the evaluator and the delivery task on `tasks`; both stop on `shutdown`. They follow the live
 /// configuration: without `<alerts>` they wait (checking once a second) until a reload adds it.
-pub fn start(context: NodeContext, tasks: &TaskTracker, shutdown: CancellationToken) {
+pub fn start(inputs: AlertInputs, tasks: &TaskTracker, shutdown: CancellationToken) {
     let (queue, pending) = mpsc::channel(QUEUE);
     let delivery = Delivery {
         client: HttpClient::shared().clone(),
-        cluster_id: context.config().cluster.cluster_id.clone(),
-        external_url: format!("http://{}/console", context.config().me.http),
+        node: inputs.node.clone(),
+        cluster_id: inputs.cluster_id.clone(),
+        external_url: inputs.external_url.clone(),
+        stats: inputs.stats.clone(),
     };
-    tasks.spawn(deliver(
-        delivery,
-        pending,
-        context.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(evaluate(context, queue, shutdown));
+    tasks.spawn(deliver(delivery, pending, shutdown.clone()));
+    tasks.spawn(evaluate(inputs, queue, shutdown));
 }
 
 /// A notification, with the configuration whose receiver and webhooks it goes to.
@@ -253,15 +276,15 @@ fn enqueue(
 }
 
 async fn evaluate(
-    context: NodeContext,
+    context: AlertInputs,
     queue: mpsc::Sender<Outgoing>,
     shutdown: CancellationToken,
 ) {
-    let me = context.config().me.name.clone();
+    let me = context.node.clone();
     let mut evaluator = Evaluator::new(Vec::new());
     // The configuration the evaluator's rules came from: resolutions of rules a reload removed go to
     // its webhooks.
-    let mut rules_from = context.live().cluster.load_full();
+    let mut rules_from = context.live.cluster.load_full();
     let mut window = TrafficWindow::default();
     let mut every = period(&rules_from);
     let mut ticker = tokio::time::interval(every);
@@ -276,7 +299,7 @@ async fn evaluate(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let config = context.live().cluster.load_full();
+        let config = context.live.cluster.load_full();
         if period(&config) != every {
             every = period(&config);
             ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -290,7 +313,7 @@ async fn evaluate(
             for notification in evaluator.set_rules(rules.to_vec(), now_ms()) {
                 enqueue(&queue, &me, notification, &rules_from);
             }
-            context.metrics().alerts().set_firing(evaluator.firing());
+            context.stats.set_firing(evaluator.firing());
             if joined {
                 info!(node = %me, rules = rules.len(), "alert rules changed by a config reload");
             }
@@ -300,7 +323,7 @@ async fn evaluate(
             continue;
         }
         if !joined {
-            if context.readiness().is_err() {
+            if context.readiness.check().is_err() {
                 continue;
             }
             joined = true;
@@ -316,7 +339,7 @@ async fn evaluate(
             })
             .max();
         if let Some(keep_ms) = keep_ms {
-            window.push(mono_ms, context.metrics().http().user_traffic(), keep_ms);
+            window.push(mono_ms, context.http.user_traffic(), keep_ms);
         }
         let observed = observe(&context, evaluator.rules(), &window, &me);
         let current = notifier(&context);
@@ -326,7 +349,7 @@ async fn evaluate(
             && last_notifier.as_deref() != Some(me.as_str())
             && last_notifier.as_ref().is_some_and(|previous| {
                 context
-                    .membership()
+                    .membership
                     .view()
                     .member(previous)
                     .is_none_or(|member| member.state != MemberState::Up)
@@ -335,6 +358,6 @@ async fn evaluate(
         for notification in evaluator.step(mono_ms, now_ms(), observed, notifier_now, adopt) {
             enqueue(&queue, &me, notification, &config);
         }
-        context.metrics().alerts().set_firing(evaluator.firing());
+        context.stats.set_firing(evaluator.firing());
     }
 }

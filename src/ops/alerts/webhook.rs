@@ -2,6 +2,7 @@
 //! tried a few times with backoff, then dropped with a warning.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,11 +12,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::AlertStats;
 use super::Outgoing;
 use super::rules::Notification;
 use crate::client::{ExchangeError, HttpClient};
 use crate::clock::rfc3339;
-use crate::node::NodeContext;
 
 /// Attempts per webhook and notification.
 const ATTEMPTS: u32 = 4;
@@ -27,17 +28,20 @@ const POST_TIMEOUT: Duration = Duration::from_secs(3);
 /// What the delivery task needs besides the queue.
 pub(super) struct Delivery {
     pub(super) client: HttpClient,
+    /// This node's name, sent in every notification.
+    pub(super) node: String,
     pub(super) cluster_id: String,
     pub(super) external_url: String,
+    /// Counts each notification sent or failed, for `/metrics`.
+    pub(super) stats: Arc<AlertStats>,
 }
 
 pub(super) async fn deliver(
     delivery: Delivery,
     mut pending: mpsc::Receiver<Outgoing>,
-    context: NodeContext,
     shutdown: CancellationToken,
 ) {
-    let me = context.config().me.name.clone();
+    let me = delivery.node.clone();
     loop {
         let Outgoing {
             notification,
@@ -74,10 +78,7 @@ pub(super) async fn deliver(
                     "alert notification dropped after {ATTEMPTS} attempts: {why}"
                 ),
             }
-            context
-                .metrics()
-                .alerts()
-                .count(notification.status, sent.is_ok());
+            delivery.stats.count(notification.status, sent.is_ok());
         }
     }
 }
