@@ -358,3 +358,106 @@ impl ClusterStatus {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::MemberState;
+    use crate::raft::status::{QuorumStatus, RaftMember, Role};
+
+    fn member(name: &str, raft_id: Option<u64>) -> MemberInfo {
+        let mut member = MemberInfo::new(
+            name.to_string(),
+            None,
+            "127.0.0.1:7001".parse().expect("address"),
+            MemberState::Up,
+        );
+        member.raft_id = raft_id;
+        member
+    }
+
+    fn raft() -> RaftSnapshot {
+        let named = |id, name: &str| RaftMember {
+            id,
+            name: name.to_string(),
+        };
+        RaftSnapshot {
+            id: 1,
+            role: Role::Follower,
+            term: 7,
+            leader: Some(1),
+            leader_name: Some("node-1".to_string()),
+            voters: vec![named(1, "node-1")],
+            learners: vec![named(2, "node-2")],
+            last_log_index: Some(42),
+            applied_index: Some(40),
+            stopped: None,
+            quorum: QuorumStatus {
+                voters: 1,
+                needed: 1,
+                live: 1,
+                absent: Vec::new(),
+                leader_ack_ms: None,
+                has_quorum: true,
+            },
+        }
+    }
+
+    #[test]
+    fn rows_get_their_raft_role_and_the_commit_index_is_what_was_applied() {
+        let view = MembershipView {
+            version: 1,
+            members: vec![
+                member("node-1", Some(1)),
+                member("node-2", Some(2)),
+                member("node-3", None),
+            ],
+        };
+        let status = ClusterStatus::build(StatusInputs {
+            cluster_id: "demo",
+            node: "node-1",
+            view: &view,
+            gossip: TrafficSnapshot::default(),
+            raft: &raft(),
+            balancer: BalancerStatus {
+                strategy: "consistent-hash".to_string(),
+                key: "session".to_string(),
+                connect_timeout_ms: 1,
+                response_timeout_ms: 2,
+                transport: "hop".to_string(),
+                members: vec!["node-1".to_string()],
+                targets: Vec::new(),
+            },
+            sessions: SessionsStatus {
+                active: 3,
+                expired_total: 0,
+                max_active: 10,
+                create_rate_per_ip: 0,
+                cookie_secure: false,
+            },
+        });
+        let roles: Vec<Option<&str>> = status
+            .members
+            .iter()
+            .map(|row| row.raft_role.as_deref())
+            .collect();
+        assert_eq!(roles, [Some("voter"), Some("learner"), None]);
+        assert_eq!(status.leader.as_deref(), Some("node-1"));
+        let raft = status.raft.as_ref().expect("raft figures");
+        assert_eq!(
+            (raft.term, raft.commit_index, raft.applied_index),
+            (7, 40, 40)
+        );
+        assert_eq!(raft.voters, ["node-1"]);
+        assert_eq!(raft.learners, ["node-2"]);
+        let json = serde_json::to_value(&status).expect("JSON");
+        assert_eq!(json["sessions"]["active"], 3);
+        assert_eq!(json["balancer"]["transport"], "hop");
+        assert!(
+            status
+                .to_xml()
+                .expect("XML")
+                .contains("<learners><name>node-2</name></learners>")
+        );
+    }
+}
