@@ -300,7 +300,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| micro_tomcat::node::DEFAULT_LOG_FILTER.into()),
+                .unwrap_or_else(|_| micro_tomcat::logging::DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

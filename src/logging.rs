@@ -1,9 +1,17 @@
-//! Log hygiene: outside text escaped before it is logged, warnings that outside input can trigger
-//! throttled (ours by a [`LogThrottle`] each, other crates' by [`throttle_foreign_warnings`]).
+//! Log hygiene: the default filter, outside text escaped before it is logged, warnings that outside
+//! input can trigger throttled (ours by a [`LogThrottle`] each, other crates' by
+//! [`throttle_foreign_warnings`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Log filter when `RUST_LOG` is not set: our events at info; chitchat, openraft and raft-log only
+/// when they warn; not openraft's core (one error per read while any follower is down) nor its
+/// responder (one warning per write whose client went away); tower-sessions only on errors (it warns
+/// once per request carrying a malformed session cookie, which any client can send).
+pub const DEFAULT_LOG_FILTER: &str = "info,chitchat=warn,openraft=warn,raft_log=warn,\
+    openraft::core::raft_core=off,openraft::raft::responder=error,tower_sessions=error";
 
 /// Lets one warning through per interval and counts the rest, so that a flood of refused input
 /// (forged datagrams, strangers on the peer port) costs one log line, not one per packet.

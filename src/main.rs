@@ -138,7 +138,7 @@ fn init_logging(configured: Option<&str>) -> LogControl {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            configured.unwrap_or(micro_tomcat::node::DEFAULT_LOG_FILTER),
+            configured.unwrap_or(micro_tomcat::logging::DEFAULT_LOG_FILTER),
         )
     });
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);

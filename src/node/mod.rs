@@ -34,12 +34,6 @@ use context::Parts;
 
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Log filter when `RUST_LOG` is not set: our events at info; chitchat, openraft and raft-log only
-/// when they warn; not openraft's core (one error per read while any follower is down) nor its
-/// responder (one warning per write whose client went away); tower-sessions only on errors (it warns
-/// once per request carrying a malformed session cookie, which any client can send).
-pub const DEFAULT_LOG_FILTER: &str = "info,chitchat=warn,openraft=warn,raft_log=warn,\
-    openraft::core::raft_core=off,openraft::raft::responder=error,tower_sessions=error";
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
