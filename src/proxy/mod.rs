@@ -1,8 +1,10 @@
-//! Forwards a request to another member over pooled keep-alive HTTP/1.1 connections.
+//! Forwards a request to another member: over pooled keep-alive HTTP/1.1 connections (`http`: one
+//! pool per member), or over the member's hop channel ([`hop`]) when the request is held in memory.
 //!
-//! One hyper client (and so one connection pool) per member, so a member that goes down or leaves has
-//! its pool dropped without touching the others. Bodies stream both ways; nothing is buffered unless the
-//! caller asks for it with [`buffer_for_retry`].
+//! What is the same whichever way a request travels lives here: the head rewrite (hop-by-hop fields,
+//! `X-Forwarded-For`, the hop header), the classification of failures into [`ProxyError`] (whose
+//! fault, whether a retry is safe) and the failure count that ejects a member. Bodies stream both
+//! ways; nothing is buffered unless the caller asks for it with [`buffer_for_retry`].
 //!
 //! Retries are the caller's loop over the balancer's candidates. A request can only be sent twice if it
 //! is still in hand: [`buffer_for_retry`] keeps requests whose body has a known length ≤ a limit
@@ -11,32 +13,27 @@
 //! Upgrades (WebSocket) are not proxied: `Upgrade` is a hop-by-hop header and is removed.
 
 pub mod hop;
+mod http;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
-use axum::http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use axum::http::{Method, Version};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Frame, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::Body as _;
 use tokio::time::Instant;
 
 use crate::balancer::Target;
 use crate::crypto::HopToken;
+use http::{HttpFailure, HttpPools};
 
 /// Set on proxied requests: the receiver must serve locally, never proxy again. The value is the
 /// forwarding node's name and its [`HopToken`] (`node-1 0123…`); the receiver honours it only from a
@@ -55,8 +52,6 @@ pub const EJECT_AFTER_FAILURES: u32 = 3;
 pub const EJECTION_WINDOW: Duration = Duration::from_secs(5);
 /// Bodies up to this size are kept in memory so the request can be retried on another member.
 pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Timeouts and ejection policy; [`Default`] uses the constants above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,15 +234,6 @@ pub async fn buffer_for_retry(
     }))
 }
 
-type PoolClient = Client<HttpConnector, Body>;
-
-/// The pooled client of one member and the authority its requests are addressed to.
-struct Member {
-    client: PoolClient,
-    addr: SocketAddr,
-    authority: Authority,
-}
-
 /// Failure bookkeeping for one member.
 #[derive(Debug, Default)]
 struct Health {
@@ -263,10 +249,8 @@ pub struct Proxy {
     hop_token: Option<HopToken>,
     hop_value: HeaderValue,
     settings: ProxySettings,
-    /// The connect timeout of connections opened from now on, in nanoseconds; read only when a
-    /// member's client is created.
-    connect_timeout_nanos: AtomicU64,
-    clients: Mutex<HashMap<String, Member>>,
+    /// One pooled HTTP client per member.
+    http: HttpPools,
     health: Mutex<HashMap<String, Health>>,
     /// Hop channels for requests held in memory, when enabled.
     hop: Option<hop::HopClient>,
@@ -306,8 +290,7 @@ impl Proxy {
             hop_value: HeaderValue::from_str(&hop_text).unwrap_or(HeaderValue::from_static("1")),
             hop_token,
             settings,
-            connect_timeout_nanos: AtomicU64::new(nanos(settings.connect_timeout)),
-            clients: Mutex::new(HashMap::new()),
+            http: HttpPools::new(settings.connect_timeout),
             health: Mutex::new(HashMap::new()),
             hop: None,
         }
@@ -321,7 +304,7 @@ impl Proxy {
     /// Forgets member `name`: closes its idle pooled connections and its failure history. Call it when
     /// the member goes down or leaves.
     pub fn drop_pool(&self, name: &str) {
-        lock(&self.clients).remove(name);
+        self.http.forget(name);
         lock(&self.health).remove(name);
         if let Some(hop) = &self.hop {
             hop.forget(name);
@@ -331,17 +314,12 @@ impl Proxy {
     /// Changes the connect timeout. A member's client keeps the timeout it was built with, so the
     /// pools are dropped (idle connections closed) when it changes; requests in flight are not touched.
     pub fn set_connect_timeout(&self, timeout: Duration) {
-        let wanted = nanos(timeout);
-        // Under the pools' lock, so no client is built with the old value after the clear.
-        let mut clients = lock(&self.clients);
-        if self.connect_timeout_nanos.swap(wanted, Ordering::Relaxed) != wanted {
-            clients.clear();
-        }
+        self.http.set_connect_timeout(timeout);
     }
 
     /// The connect timeout of connections opened from now on.
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_nanos(self.connect_timeout_nanos.load(Ordering::Relaxed))
+        self.http.connect_timeout()
     }
 
     /// Sends `request` to `target` and returns its response, whose body streams from the member.
@@ -365,57 +343,40 @@ impl Proxy {
         response_timeout: Duration,
     ) -> Result<Response, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        let (client, authority) = self.member(target);
-        parts.uri = member_uri(authority, &parts.uri).map_err(|source| ProxyError::InvalidUri {
-            target: target.name.clone(),
-            source,
-        })?;
         self.prepare_head(&mut parts, client_ip);
-
-        // Retry safety depends on whether the body was consumed, and blame on who failed: watch both.
-        let body_sent = Arc::new(AtomicBool::new(false));
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let awaiting_client = Arc::new(AtomicBool::new(false));
-        let body = Body::new(WatchedBody {
-            inner: body,
-            body_sent: Arc::clone(&body_sent),
-            client_failed: Arc::clone(&client_failed),
-            awaiting_client: Arc::clone(&awaiting_client),
-        });
-
-        let exchange = client.request(Request::from_parts(parts, body));
-        let outcome = tokio::time::timeout(response_timeout, exchange).await;
-        let error = match outcome {
-            Ok(Ok(response)) => {
+        let name = || target.name.clone();
+        let error = match self.http.send(target, parts, body, response_timeout).await {
+            Ok(mut response) => {
                 self.record_success(&target.name);
-                let (mut parts, incoming) = response.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                return Ok(Response::from_parts(parts, Body::new(incoming)));
+                remove_hop_by_hop(response.headers_mut());
+                return Ok(response);
             }
-            Ok(Err(source)) if client_failed.load(Ordering::Relaxed) => {
+            Err(HttpFailure::InvalidUri(source)) => {
+                return Err(ProxyError::InvalidUri {
+                    target: name(),
+                    source,
+                });
+            }
+            Err(HttpFailure::ClientBody(source)) => {
                 return Err(ProxyError::ClientBody {
                     source: Box::new(source),
                 });
             }
-            Ok(Err(source)) if source.is_connect() => ProxyError::Connect {
-                target: target.name.clone(),
-                source: Box::new(source),
-            },
-            Ok(Err(source)) => ProxyError::BeforeResponse {
-                target: target.name.clone(),
-                source: Box::new(source),
-                body_sent: body_sent.load(Ordering::Relaxed),
-            },
-            // Still waiting for the client's next piece of body: the client is slow, not the member
-            // (a member slow to read would leave the body waiting on the connection instead).
-            Err(_elapsed) if awaiting_client.load(Ordering::Relaxed) => {
+            Err(HttpFailure::ClientBodyTimeout) => {
                 return Err(ProxyError::ClientBody {
                     source: Box::new(ClientBodyTimeout),
                 });
             }
-            Err(_elapsed) => ProxyError::Timeout {
-                target: target.name.clone(),
+            Err(HttpFailure::Connect(source)) => ProxyError::Connect {
+                target: name(),
+                source: Box::new(source),
             },
+            Err(HttpFailure::BeforeResponse { source, body_sent }) => ProxyError::BeforeResponse {
+                target: name(),
+                source: Box::new(source),
+                body_sent,
+            },
+            Err(HttpFailure::Timeout) => ProxyError::Timeout { target: name() },
         };
         tracing::debug!(node = %self.self_name, peer = %target.name, error = %error, "proxy attempt failed");
         self.record_failure(&target.name);
@@ -556,37 +517,6 @@ impl Proxy {
             .and_then(|health| health.ejected_until)
             .is_some_and(|until| until > now)
     }
-
-    /// The pooled client for `target` and its authority, created on first use (and again if the
-    /// member now serves at another address).
-    fn member(&self, target: &Target) -> (PoolClient, Authority) {
-        let mut clients = lock(&self.clients);
-        if let Some(member) = clients.get(&target.name)
-            && member.addr == target.http_addr
-        {
-            return (member.client.clone(), member.authority.clone());
-        }
-        let mut connector = HttpConnector::new();
-        let timeout = self.connect_timeout_nanos.load(Ordering::Relaxed);
-        connector.set_connect_timeout(Some(Duration::from_nanos(timeout)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        // A socket address always makes a valid authority.
-        let authority = Authority::try_from(target.http_addr.to_string())
-            .unwrap_or_else(|_| Authority::from_static("invalid"));
-        clients.insert(
-            target.name.clone(),
-            Member {
-                client: client.clone(),
-                addr: target.http_addr,
-                authority: authority.clone(),
-            },
-        );
-        (client, authority)
-    }
 }
 
 /// The client had not sent the rest of its request body when the response timeout ran out.
@@ -594,69 +524,13 @@ impl Proxy {
 #[error("the client did not send its request body in time")]
 pub struct ClientBodyTimeout;
 
-/// A request body that notes whether any of it was handed over, whether reading it failed and
-/// whether it is waiting for the client right now, keeping its size hint so a known length still
-/// goes out as `Content-Length`.
-struct WatchedBody {
-    inner: Body,
-    body_sent: Arc<AtomicBool>,
-    client_failed: Arc<AtomicBool>,
-    awaiting_client: Arc<AtomicBool>,
-}
-
-impl hyper::body::Body for WatchedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        self.awaiting_client
-            .store(polled.is_pending(), Ordering::Relaxed);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => self.body_sent.store(true, Ordering::Relaxed),
-            Poll::Ready(Some(Err(_))) => self.client_failed.store(true, Ordering::Relaxed),
-            Poll::Ready(None) | Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A timeout in nanoseconds, saturated (u64 nanoseconds last 584 years).
-fn nanos(timeout: Duration) -> u64 {
-    u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Locks `mutex`; the maps it guards are valid after any panic, so poison is ignored.
+/// Locks `mutex`; the map it guards is valid after any panic, so poison is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// `uri`'s path and query, addressed to the member at `authority`.
-fn member_uri(authority: Authority, uri: &Uri) -> Result<Uri, axum::http::uri::InvalidUriParts> {
-    let mut parts = axum::http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts)
-}
 
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1), including
 /// any the `Connection` header names.
@@ -709,6 +583,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use hyper::body::Frame;
 
     use axum::Router;
     use axum::routing::any;
@@ -1158,15 +1037,12 @@ mod tests {
             .await
             .expect_err("timeout");
         assert!(matches!(error, ProxyError::Timeout { .. }), "{error:?}");
-        assert_eq!(lock(&proxy.clients).len(), 1);
+        assert_eq!(proxy.http.pooled().len(), 1);
         proxy.set_connect_timeout(CONNECT_TIMEOUT);
-        assert_eq!(lock(&proxy.clients).len(), 1, "unchanged: pools kept");
+        assert_eq!(proxy.http.pooled().len(), 1, "unchanged: pools kept");
         proxy.set_connect_timeout(Duration::from_millis(250));
-        assert!(lock(&proxy.clients).is_empty(), "changed: pools reopened");
-        assert_eq!(
-            proxy.connect_timeout_nanos.load(Ordering::Relaxed),
-            250_000_000
-        );
+        assert!(proxy.http.pooled().is_empty(), "changed: pools reopened");
+        assert_eq!(proxy.http.connect_timeout_nanos(), 250_000_000);
     }
 
     #[tokio::test]
@@ -1188,7 +1064,7 @@ mod tests {
         assert_eq!(proxy.ejected(), HashSet::from(["node-3".to_owned()]));
         proxy.drop_pool("node-3");
         assert!(proxy.ejected().is_empty());
-        assert!(!lock(&proxy.clients).contains_key("node-3"));
+        assert!(!proxy.http.pooled().contains(&"node-3".to_owned()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1296,21 +1172,5 @@ mod tests {
                 &Method::from_bytes(method.as_bytes()).expect("method")
             ));
         }
-    }
-
-    #[test]
-    fn member_uri_keeps_path_and_query() {
-        let authority =
-            |addr: SocketAddr| Authority::try_from(addr.to_string()).expect("authority");
-        let addr = SocketAddr::from(([127, 0, 0, 1], 8082));
-        let uri = member_uri(
-            authority(addr),
-            &Uri::from_static("http://entry:8080/a/b?c=d"),
-        )
-        .expect("uri");
-        assert_eq!(uri, "http://127.0.0.1:8082/a/b?c=d");
-        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9000));
-        let uri = member_uri(authority(v6), &Uri::from_static("/")).expect("uri");
-        assert_eq!(uri, "http://[::1]:9000/");
     }
 }
