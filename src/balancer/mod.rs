@@ -8,6 +8,7 @@
 //! Maglev table, so a key reaches the same member whichever node it enters.
 
 mod hash;
+pub mod health;
 mod least_connections;
 mod maglev;
 mod round_robin;

@@ -15,9 +15,8 @@
 pub mod hop;
 mod http;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,9 +28,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
-use tokio::time::Instant;
 
 use crate::balancer::Target;
+use crate::balancer::health::Ejections;
 use crate::crypto::HopToken;
 use http::{HttpFailure, HttpPools};
 
@@ -234,13 +233,6 @@ pub async fn buffer_for_retry(
     }))
 }
 
-/// Failure bookkeeping for one member.
-#[derive(Debug, Default)]
-struct Health {
-    consecutive_failures: u32,
-    ejected_until: Option<Instant>,
-}
-
 /// Forwards requests to other members and tracks which of them keep failing.
 pub struct Proxy {
     self_name: String,
@@ -251,7 +243,8 @@ pub struct Proxy {
     settings: ProxySettings,
     /// One pooled HTTP client per member.
     http: HttpPools,
-    health: Mutex<HashMap<String, Health>>,
+    /// Who keeps failing, and who is ejected for it.
+    ejections: Ejections,
     /// Hop channels for requests held in memory, when enabled.
     hop: Option<hop::HopClient>,
 }
@@ -291,7 +284,7 @@ impl Proxy {
             hop_token,
             settings,
             http: HttpPools::new(settings.connect_timeout),
-            health: Mutex::new(HashMap::new()),
+            ejections: Ejections::new(settings.eject_after_failures, settings.ejection_window),
             hop: None,
         }
     }
@@ -305,7 +298,7 @@ impl Proxy {
     /// the member goes down or leaves.
     pub fn drop_pool(&self, name: &str) {
         self.http.forget(name);
-        lock(&self.health).remove(name);
+        self.ejections.forget(name);
         if let Some(hop) = &self.hop {
             hop.forget(name);
         }
@@ -471,17 +464,11 @@ impl Proxy {
     /// Counts a failed exchange with `name`; the threshold-th consecutive one ejects it, and so does any
     /// failure of the trial request after an ejection ends.
     pub fn record_failure(&self, name: &str) {
-        let now = Instant::now();
-        let mut health = lock(&self.health);
-        let entry = health.entry(name.to_owned()).or_default();
-        entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
-        let already_ejected = entry.ejected_until.is_some_and(|until| until > now);
-        if entry.consecutive_failures >= self.settings.eject_after_failures && !already_ejected {
-            entry.ejected_until = Some(now + self.settings.ejection_window);
+        if let Some(failures) = self.ejections.record_failure(name) {
             tracing::warn!(
                 node = %self.self_name,
                 peer = %name,
-                failures = entry.consecutive_failures,
+                failures,
                 window_ms = self.settings.ejection_window.as_millis() as u64,
                 "member ejected from balancing"
             );
@@ -490,32 +477,19 @@ impl Proxy {
 
     /// Counts a successful exchange with `name`: clears its failures and any ejection.
     pub fn record_success(&self, name: &str) {
-        let mut health = lock(&self.health);
-        if let Some(entry) = health.get_mut(name) {
-            if entry.ejected_until.is_some() {
-                tracing::info!(node = %self.self_name, peer = %name, "member back in balancing");
-            }
-            *entry = Health::default();
+        if self.ejections.record_success(name) {
+            tracing::info!(node = %self.self_name, peer = %name, "member back in balancing");
         }
     }
 
     /// Members ejected now (≥ the failure threshold in a row, ejection window not yet over).
     pub fn ejected(&self) -> HashSet<String> {
-        let now = Instant::now();
-        lock(&self.health)
-            .iter()
-            .filter(|(_, health)| health.ejected_until.is_some_and(|until| until > now))
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.ejections.ejected()
     }
 
     /// Whether member `name` is ejected now.
     pub fn is_ejected(&self, name: &str) -> bool {
-        let now = Instant::now();
-        lock(&self.health)
-            .get(name)
-            .and_then(|health| health.ejected_until)
-            .is_some_and(|until| until > now)
+        self.ejections.is_ejected(name)
     }
 }
 
@@ -523,11 +497,6 @@ impl Proxy {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the client did not send its request body in time")]
 pub struct ClientBodyTimeout;
-
-/// Locks `mutex`; the map it guards is valid after any panic, so poison is ignored.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -582,6 +551,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::pin::Pin;
@@ -1065,35 +1035,6 @@ mod tests {
         proxy.drop_pool("node-3");
         assert!(proxy.ejected().is_empty());
         assert!(!proxy.http.pooled().contains(&"node-3".to_owned()));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ejection_lasts_the_window_then_the_member_is_retried() {
-        let proxy = Proxy::new("node-1");
-        proxy.record_failure("node-2");
-        proxy.record_failure("node-2");
-        proxy.record_success("node-2");
-        proxy.record_failure("node-2");
-        assert!(proxy.ejected().is_empty(), "a success resets the count");
-
-        proxy.record_failure("node-2");
-        proxy.record_failure("node-2");
-        assert_eq!(proxy.ejected(), HashSet::from(["node-2".to_owned()]));
-        tokio::time::advance(EJECTION_WINDOW - Duration::from_millis(1)).await;
-        assert!(proxy.is_ejected("node-2"));
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(proxy.ejected().is_empty(), "window over: tried again");
-
-        // The trial request fails: ejected again at once, for a full window.
-        proxy.record_failure("node-2");
-        assert!(proxy.is_ejected("node-2"));
-        tokio::time::advance(EJECTION_WINDOW).await;
-        assert!(!proxy.is_ejected("node-2"));
-        // The trial succeeds: back for good, and it takes a full run of failures to eject it again.
-        proxy.record_success("node-2");
-        proxy.record_failure("node-2");
-        proxy.record_failure("node-2");
-        assert!(!proxy.is_ejected("node-2"));
     }
 
     #[tokio::test]
