@@ -12,6 +12,10 @@
 //! own window ([`proto::hop::STREAM_WINDOW_BYTES`]) so a slow client cannot make the forwarding node
 //! buffer a large body. A member that does not speak hop channels (an older build) is used over
 //! HTTP for [`HTTP_FALLBACK`].
+//!
+//! `frame` is the wire (frames, sealing, batching, limits), `client` the forwarding side
+//! ([`HopClient`]), `server` the serving side ([`HopServer`], which the peer listener hands hop
+//! connections to).
 
 mod client;
 mod frame;
@@ -22,6 +26,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub use client::{HTTP_FALLBACK, HopClient, HopError};
 pub use server::{ArrivedOverHopChannel, HopServer, HopService};
 
+/// Locks `mutex` whatever a panic left behind.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here leaves its map consistent, so a poisoned lock is still usable.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -29,30 +34,32 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use axum::Router;
-    use axum::routing::{get, post};
-    use futures_util::StreamExt;
-    use proto::raft::{Hello, PEER_WIRE_VERSION, PeerRequest, PeerResponse};
-    use tokio::net::TcpListener;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
+    //! End to end: a [`HopClient`] against a [`HopServer`] behind a real peer listener, since
+    //! what they promise (one channel, per-stream windows, cancellation) needs both sides.
 
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use axum::Router;
     use axum::body::Body;
     use axum::extract::{ConnectInfo, Request};
     use axum::http::request::Parts;
     use axum::http::{HeaderValue, Method, StatusCode};
     use axum::response::Response;
+    use axum::routing::{get, post};
     use bytes::Bytes;
+    use futures_util::StreamExt;
     use http_body_util::BodyExt;
     use proto::hop::{MAX_CHUNK_BYTES, STREAM_WINDOW_BYTES};
+    use proto::raft::{Hello, PEER_WIRE_VERSION, PeerRequest, PeerResponse};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tokio::task::JoinSet;
     use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
 
     use super::*;
     use crate::crypto::{ClusterKey, PeerKey};
