@@ -231,7 +231,7 @@ fn operations_manual_runs_as_written() {
     // The version numbers the upgrade section gives are the ones the code speaks.
     for stated in [
         format!(
-            "`PEER_WIRE_VERSION` (`proto/src/raft.rs`, now `{}`",
+            "`PEER_WIRE_VERSION` (`proto/src/raft/peer.rs`, now `{}`",
             proto::raft::PEER_WIRE_VERSION
         ),
         format!(
