@@ -87,9 +87,11 @@ impl LocalState {
 }
 
 impl Membership {
-    /// Joins the cluster: opens the gossip socket, contacts the seeds and starts the observer task.
+    /// Joins the cluster on `socket` (bound to `config.me.cluster`): contacts the seeds and starts
+    /// the observer task.
     pub async fn start(
         config: &NodeConfig,
+        socket: std::net::UdpSocket,
         events: EventLog,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
@@ -138,6 +140,7 @@ impl Membership {
                 .gossip_key
                 .as_ref()
                 .map(crate::crypto::GossipSeal::new),
+            socket: std::sync::Mutex::new(Some(socket)),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         };

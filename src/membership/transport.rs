@@ -1,13 +1,15 @@
 //! The gossip transport: chitchat's messages over UDP, sealed under the cluster key when there is one,
 //! with traffic counted for status, metrics and benchmarks.
 //!
-//! Without a key this is chitchat's own UDP socket, byte for byte as before. With a key each datagram
-//! is `nonce | ChaCha20-Poly1305(chitchat encoding) | tag` ([`GossipSeal`]): a datagram under another
+//! The socket is ours (bound by the node, or handed to it: [`CountingTransport::socket`]). Without a
+//! key each datagram is chitchat's encoding, byte for byte what chitchat's own socket sends; what is
+//! not a chitchat message is dropped and counted. With a key each datagram is
+//! `nonce | ChaCha20-Poly1305(chitchat encoding) | tag` ([`GossipSeal`]): a datagram under another
 //! key (or none), tampered with, or oversized is dropped and counted, so a node without the key can
 //! neither join nor read.
 //!
 //! chitchat 0.13 keeps its message encoding private (`ChitchatEnvelope::serialize` is `pub(crate)`);
-//! the one codec it exposes is its own `UdpSocket`. So a sealed socket keeps two of those on private
+//! the one codec it exposes is its own `UdpSocket`. So our socket keeps two of those on private
 //! loopback ports ([`LoopbackCodec`]): to encode, chitchat's socket sends the message to our relay
 //! socket, which reads the bytes; to decode, the relay sends the opened bytes to chitchat's socket,
 //! which parses them. Decoding runs in its own task, so chitchat cancelling `recv` (it does, every
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -67,9 +69,8 @@ pub struct TrafficSnapshot {
     pub datagrams_sent: u64,
     /// Datagrams accepted.
     pub datagrams_received: u64,
-    /// With a cluster key: datagrams dropped because they were under another key (or none),
-    /// tampered with, oversized or not chitchat. (Without a key chitchat drops garbage itself,
-    /// uncounted, with a log line.)
+    /// Datagrams dropped: not chitchat, oversized, and with a cluster key also those under another
+    /// key (or none), tampered with or replayed.
     pub datagrams_rejected: u64,
 }
 
@@ -101,9 +102,12 @@ impl GossipTraffic {
 pub struct CountingTransport {
     /// Where the counts go.
     pub traffic: Arc<GossipTraffic>,
-    /// Seals every datagram; `None` is chitchat's plain UDP transport.
+    /// Seals every datagram; `None` sends chitchat's encoding as it is.
     pub seal: Option<GossipSeal>,
-    /// Owns the receiving task of a sealed socket.
+    /// The socket to gossip on, bound by the caller; the first `open` takes it. Without one, `open`
+    /// binds the address chitchat asks for.
+    pub socket: std::sync::Mutex<Option<std::net::UdpSocket>>,
+    /// Owns the socket's receiving task.
     pub tasks: TaskTracker,
     /// Stops that task.
     pub shutdown: CancellationToken,
@@ -112,55 +116,31 @@ pub struct CountingTransport {
 #[async_trait]
 impl Transport for CountingTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        match &self.seal {
-            None => {
-                let inner = UdpTransport.open(listen_addr).await?;
-                Ok(Box::new(CountingSocket {
-                    inner,
-                    traffic: self.traffic.clone(),
-                }))
+        let given = self
+            .socket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let socket = match given {
+            Some(socket) => {
+                socket
+                    .set_nonblocking(true)
+                    .context("cannot make the gossip socket non-blocking")?;
+                UdpSocket::from_std(socket).context("cannot use the gossip socket")?
             }
-            Some(seal) => {
-                let socket = SealedSocket::open(
-                    listen_addr,
-                    seal.clone(),
-                    self.traffic.clone(),
-                    &self.tasks,
-                    self.shutdown.clone(),
-                )
-                .await?;
-                Ok(Box::new(socket))
-            }
-        }
-    }
-}
-
-/// chitchat's plain UDP socket, counted.
-struct CountingSocket {
-    inner: Box<dyn Socket>,
-    traffic: Arc<GossipTraffic>,
-}
-
-#[async_trait]
-impl Socket for CountingSocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn send(
-        &mut self,
-        to: SocketAddr,
-        envelope: ChitchatEnvelope,
-    ) -> anyhow::Result<SendOutcome> {
-        let outcome = self.inner.send(to, envelope).await?;
-        self.traffic.sent(outcome.num_bytes_sent);
-        Ok(outcome)
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        let outcome = self.inner.recv().await?;
-        self.traffic.received(outcome.num_bytes_received);
-        Ok(outcome)
+            None => UdpSocket::bind(listen_addr)
+                .await
+                .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?,
+        };
+        let socket = GossipSocket::open(
+            socket,
+            self.seal.clone(),
+            self.traffic.clone(),
+            &self.tasks,
+            self.shutdown.clone(),
+        )
+        .await?;
+        Ok(Box::new(socket))
     }
 }
 
@@ -225,10 +205,10 @@ impl ReplayCache {
     }
 }
 
-/// A gossip socket whose datagrams are sealed under the cluster key.
-struct SealedSocket {
+/// A gossip socket: chitchat's messages, sealed under the cluster key when there is one, counted.
+struct GossipSocket {
     socket: Arc<UdpSocket>,
-    seal: GossipSeal,
+    seal: Option<GossipSeal>,
     encoder: LoopbackCodec,
     traffic: Arc<GossipTraffic>,
     encoded: Vec<u8>,
@@ -236,19 +216,15 @@ struct SealedSocket {
     received: mpsc::Receiver<RecvOutcome>,
 }
 
-impl SealedSocket {
+impl GossipSocket {
     async fn open(
-        listen_addr: SocketAddr,
-        seal: GossipSeal,
+        socket: UdpSocket,
+        seal: Option<GossipSeal>,
         traffic: Arc<GossipTraffic>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<SealedSocket> {
-        let socket = Arc::new(
-            UdpSocket::bind(listen_addr)
-                .await
-                .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?,
-        );
+    ) -> anyhow::Result<GossipSocket> {
+        let socket = Arc::new(socket);
         let encoder = LoopbackCodec::open().await?;
         let decoder = LoopbackCodec::open().await?;
         let (tx, received) = mpsc::channel(RECEIVE_QUEUE);
@@ -260,7 +236,7 @@ impl SealedSocket {
             tx,
             shutdown,
         ));
-        Ok(SealedSocket {
+        Ok(GossipSocket {
             socket,
             seal,
             encoder,
@@ -273,7 +249,7 @@ impl SealedSocket {
 }
 
 #[async_trait]
-impl Socket for SealedSocket {
+impl Socket for GossipSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.socket
             .local_addr()
@@ -290,23 +266,29 @@ impl Socket for SealedSocket {
             self.encoder = LoopbackCodec::open().await?;
             return Err(err.context("cannot encode a gossip message"));
         }
-        if self.encoded.len() + SEAL_OVERHEAD > MAX_DATAGRAM_BYTES {
-            // chitchat fills a datagram up to the UDP limit only when it has that much state to
-            // send (hundreds of members); sealed it would not fit, so it is not sent.
-            if let Some(held_back) = OVERSIZED_SEND_LOG.allow() {
-                warn!(
-                    peer = %to,
-                    bytes = self.encoded.len(),
-                    held_back,
-                    "gossip message too large to send sealed; dropped"
-                );
+        let datagram = match &self.seal {
+            None => &self.encoded,
+            Some(seal) => {
+                if self.encoded.len() + SEAL_OVERHEAD > MAX_DATAGRAM_BYTES {
+                    // chitchat fills a datagram up to the UDP limit only when it has that much state to
+                    // send (hundreds of members); sealed it would not fit, so it is not sent.
+                    if let Some(held_back) = OVERSIZED_SEND_LOG.allow() {
+                        warn!(
+                            peer = %to,
+                            bytes = self.encoded.len(),
+                            held_back,
+                            "gossip message too large to send sealed; dropped"
+                        );
+                    }
+                    return Ok(SendOutcome { num_bytes_sent: 0 });
+                }
+                seal.seal(&self.encoded, &mut self.sealed)?;
+                &self.sealed
             }
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        }
-        self.seal.seal(&self.encoded, &mut self.sealed)?;
+        };
         let sent = self
             .socket
-            .send_to(&self.sealed, to)
+            .send_to(datagram, to)
             .await
             .context("failed to send a gossip datagram")?;
         self.traffic.sent(sent);
@@ -324,11 +306,11 @@ impl Socket for SealedSocket {
     }
 }
 
-/// Receives, opens and decodes datagrams for a [`SealedSocket`] until shutdown or until the socket
+/// Receives, opens (with a key) and decodes datagrams for a [`GossipSocket`] until shutdown or until the socket
 /// is dropped.
 async fn receive_loop(
     socket: Arc<UdpSocket>,
-    seal: GossipSeal,
+    seal: Option<GossipSeal>,
     mut decoder: LoopbackCodec,
     traffic: Arc<GossipTraffic>,
     tx: mpsc::Sender<RecvOutcome>,
@@ -359,20 +341,26 @@ async fn receive_loop(
             reject(&traffic, from_addr, len, "oversized");
             continue;
         }
-        if let Err(err) = seal.open(&buf[..len], &mut opened) {
-            reject(&traffic, from_addr, len, &err.to_string());
-            continue;
-        }
-        if !replays.first_sight(&buf[..len], tokio::time::Instant::now()) {
-            reject(
-                &traffic,
-                from_addr,
-                len,
-                "a copy of a datagram already received (replayed)",
-            );
-            continue;
-        }
-        match decoder.decode(&opened).await {
+        let payload = match &seal {
+            None => &buf[..len],
+            Some(seal) => {
+                if let Err(err) = seal.open(&buf[..len], &mut opened) {
+                    reject(&traffic, from_addr, len, &err.to_string());
+                    continue;
+                }
+                if !replays.first_sight(&buf[..len], tokio::time::Instant::now()) {
+                    reject(
+                        &traffic,
+                        from_addr,
+                        len,
+                        "a copy of a datagram already received (replayed)",
+                    );
+                    continue;
+                }
+                &opened[..]
+            }
+        };
+        match decoder.decode(payload).await {
             Ok(Some(envelope)) => {
                 traffic.received(len);
                 let outcome = RecvOutcome {
@@ -388,7 +376,11 @@ async fn receive_loop(
                 &traffic,
                 from_addr,
                 len,
-                "sealed, but not a chitchat message",
+                if seal.is_some() {
+                    "sealed, but not a chitchat message"
+                } else {
+                    "not a chitchat message"
+                },
             ),
             Err(err) => {
                 warn!(error = %format!("{err:#}"), "gossip decoder out of step; restarting it");
@@ -540,6 +532,7 @@ mod tests {
         let transport = CountingTransport {
             traffic: traffic.clone(),
             seal,
+            socket: std::sync::Mutex::new(None),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         };
@@ -624,6 +617,39 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
             .expect("receivers stop on shutdown");
+    }
+
+    #[tokio::test]
+    async fn without_a_key_a_handed_in_socket_talks_chitchat_and_counts_garbage() {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let (mut a, _) = open(None, &tasks, &shutdown).await;
+        // b gossips on a socket bound by its caller.
+        let bound = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b_addr = bound.local_addr().expect("addr");
+        let b_traffic = Arc::new(GossipTraffic::default());
+        let transport = CountingTransport {
+            traffic: b_traffic.clone(),
+            seal: None,
+            socket: std::sync::Mutex::new(Some(bound)),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let mut b = transport.open(b_addr).await.expect("open");
+        assert_eq!(b.local_addr().expect("addr"), b_addr);
+
+        a.send(b_addr, syn("demo")).await.expect("send");
+        let got = recv_within(&mut b, 2_000).await.expect("b hears a");
+        assert_eq!(got.envelope, syn("demo"));
+        let raw = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        raw.send_to(b"not gossip", b_addr).await.expect("send");
+        assert!(recv_within(&mut b, 300).await.is_none());
+        let counts = b_traffic.snapshot();
+        assert_eq!(
+            (counts.datagrams_received, counts.datagrams_rejected),
+            (1, 1)
+        );
+        shutdown.cancel();
     }
 
     #[tokio::test]

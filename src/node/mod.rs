@@ -6,6 +6,7 @@
 mod apps;
 mod context;
 mod load;
+mod sockets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::raft::replica::{Replica, ReplicaError};
 use crate::routing::Routing;
 pub use apps::SERVED_BY;
 use context::Parts;
+pub use sockets::{PeerSockets, PeerSocketsError};
 
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,15 +46,9 @@ pub enum NodeError {
     /// The Raft replica could not start.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
-    /// The peer RPC port could not be opened.
-    #[error("cannot listen for peers on {addr}/tcp: {source}")]
-    PeerListener {
-        /// The `--cluster` address.
-        addr: std::net::SocketAddr,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The peer port (TCP listener and gossip socket) could not be opened.
+    #[error("cannot open the peer port: {0}")]
+    PeerSockets(#[from] PeerSocketsError),
     /// The HTTP listener failed.
     #[error("HTTP server on {addr}: {source}")]
     Http {
@@ -160,6 +156,7 @@ impl Node {
             config,
             apps: Vec::new(),
             listener: None,
+            peer: None,
             log: None,
         }
     }
@@ -170,6 +167,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     apps: Vec<Router>,
     listener: Option<TcpListener>,
+    peer: Option<PeerSockets>,
     log: Option<crate::ops::reload::LogControl>,
 }
 
@@ -181,9 +179,17 @@ impl NodeBuilder {
         self
     }
 
-    /// Serves HTTP on this listener instead of binding `--http`.
+    /// Serves HTTP on this listener instead of binding `--http`; the node advertises the listener's
+    /// address (so a listener on port 0 works).
     pub fn listener(mut self, listener: TcpListener) -> NodeBuilder {
         self.listener = Some(listener);
+        self
+    }
+
+    /// Serves the peer port (peer RPC and gossip) on these sockets instead of binding `--cluster`;
+    /// the node advertises their address (so [`PeerSockets::bind`] with port 0 works).
+    pub fn peer_sockets(mut self, sockets: PeerSockets) -> NodeBuilder {
+        self.peer = Some(sockets);
         self
     }
 
@@ -197,9 +203,10 @@ impl NodeBuilder {
     /// the config file.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
         let NodeBuilder {
-            config,
+            mut config,
             apps,
             listener,
+            peer,
             log,
         } = self;
         let http_listener = match listener {
@@ -211,7 +218,20 @@ impl NodeBuilder {
                     source,
                 })?,
         };
-        serve(config, apps, http_listener, log, shutdown).await
+        let peer = match peer {
+            Some(peer) => peer,
+            None => PeerSockets::bind(config.me.cluster).await?,
+        };
+        // What the sockets are bound to is what the node is: `--http 127.0.0.1:0` becomes a real port.
+        if let Ok(addr) = http_listener.local_addr() {
+            config.me.http = addr;
+        }
+        config.me.cluster = peer.local_addr();
+        let me = config.me.clone();
+        if let Some(listed) = config.cluster.nodes.iter_mut().find(|n| n.name == me.name) {
+            *listed = me;
+        }
+        serve(config, apps, http_listener, peer, log, shutdown).await
     }
 }
 
@@ -259,20 +279,20 @@ async fn serve(
     config: NodeConfig,
     apps: Vec<Router>,
     http_listener: TcpListener,
+    peer: PeerSockets,
     log: Option<crate::ops::reload::LogControl>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
     let events = EventLog::new();
-    let peer_listener = TcpListener::bind(config.me.cluster)
-        .await
-        .map_err(|source| NodeError::PeerListener {
-            addr: config.me.cluster,
-            source,
-        })?;
+    let PeerSockets {
+        listener: peer_listener,
+        gossip,
+        ..
+    } = peer;
     let membership =
-        Arc::new(Membership::start(&config, events.clone(), stop.clone(), &tasks).await?);
+        Arc::new(Membership::start(&config, gossip, events.clone(), stop.clone(), &tasks).await?);
     let replica = match Replica::start(
         &config,
         membership.clone(),
