@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::balancer::{BalancerSnapshot, InFlight, LoadBalancer, RoutingKey, for_strategy};
@@ -91,8 +92,9 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Routing for this node, with an empty snapshot until [`Routing::maintain`] runs.
-    pub fn new(config: &NodeConfig) -> Routing {
+    /// Routing for this node, with an empty snapshot until [`Routing::maintain`] runs. Hop channels'
+    /// tasks run on `tasks` until `stop`.
+    pub fn new(config: &NodeConfig, tasks: &TaskTracker, stop: CancellationToken) -> Routing {
         let balancer = &config.cluster.balancer;
         let in_flight = InFlight::default();
         Routing {
@@ -126,6 +128,8 @@ impl Routing {
                                 .as_ref()
                                 .map(crate::crypto::PeerKey::new),
                         ),
+                        tasks.clone(),
+                        stop,
                     )),
                     Transport::Http => proxy,
                 }

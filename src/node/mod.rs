@@ -317,7 +317,7 @@ async fn serve(
     serve_peers(&config, peer_listener, &replica, &hop, stop.clone(), &tasks);
     let http_addr = config.me.http;
     let name = config.me.name.clone();
-    let routing = Arc::new(Routing::new(&config));
+    let routing = Arc::new(Routing::new(&config, &tasks, stop.clone()));
     tasks.spawn(routing.clone().maintain(membership.clone(), stop.clone()));
     let upstream = match &config.cluster.app.upstream {
         Some(url) => match crate::config::parse_upstream(url) {

@@ -20,6 +20,8 @@ use hyper::body::{Frame, SizeHint};
 use proto::hop::{HopDown, HopHeader, HopRequest, HopUp};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::frame::{CREDIT_STEP_BYTES, headers_from_wire, headers_to_wire, split, write_loop};
@@ -264,6 +266,8 @@ impl MemberChannel {
 pub struct HopClient {
     peers: PeerClient,
     members: Mutex<HashMap<String, Arc<MemberChannel>>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for HopClient {
@@ -273,11 +277,14 @@ impl std::fmt::Debug for HopClient {
 }
 
 impl HopClient {
-    /// Hop channels opened with `peers`' identity (cluster id, name, key).
-    pub fn new(peers: PeerClient) -> HopClient {
+    /// Hop channels opened with `peers`' identity (cluster id, name, key). Each channel's reader and
+    /// writer run on `tasks` and end when the connection closes or `stop` is cancelled.
+    pub fn new(peers: PeerClient, tasks: TaskTracker, stop: CancellationToken) -> HopClient {
         HopClient {
             peers,
             members: Mutex::new(HashMap::new()),
+            tasks,
+            stop,
         }
     }
 
@@ -355,7 +362,7 @@ impl HopClient {
                 }));
             }
         };
-        let channel = open_channel(stream, addr);
+        let channel = open_channel(stream, addr, &self.tasks, &self.stop);
         member.current.store(Some(channel.clone()));
         debug!(peer = %addr, "hop channel open");
         Ok(channel)
@@ -435,8 +442,13 @@ impl HopClient {
     }
 }
 
-/// Starts the reader and writer tasks of a freshly opened channel.
-fn open_channel(stream: PeerStream, addr: SocketAddr) -> Arc<Channel> {
+/// Starts the reader and writer tasks of a freshly opened channel on `tasks`; both end at `stop`.
+fn open_channel(
+    stream: PeerStream,
+    addr: SocketAddr,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Arc<Channel> {
     let (mut reader, writer) = split(stream, addr);
     let (outgoing, queue) = mpsc::unbounded_channel();
     let channel = Arc::new(Channel {
@@ -447,9 +459,14 @@ fn open_channel(stream: PeerStream, addr: SocketAddr) -> Arc<Channel> {
         close: Arc::new(Notify::new()),
     });
     let weak = Arc::downgrade(&channel);
-    tokio::spawn(async move {
-        // Ends when every sender is gone (the channel was dropped) or a write fails.
-        if let Err(err) = write_loop(writer, queue).await
+    let writer_stop = stop.clone();
+    tasks.spawn(async move {
+        // Ends when every sender is gone (the channel was dropped), a write fails, or the node stops.
+        let written = tokio::select! {
+            written = write_loop(writer, queue) => written,
+            () = writer_stop.cancelled() => return,
+        };
+        if let Err(err) = written
             && let Some(channel) = weak.upgrade()
         {
             debug!(peer = %addr, error = %err, "hop channel write failed");
@@ -458,11 +475,18 @@ fn open_channel(stream: PeerStream, addr: SocketAddr) -> Arc<Channel> {
     });
     let weak = Arc::downgrade(&channel);
     let close = channel.close.clone();
-    tokio::spawn(async move {
+    let stop = stop.clone();
+    tasks.spawn(async move {
         loop {
             let frame = tokio::select! {
                 frame = reader.next::<HopDown>() => frame,
                 () = close.notified() => return,
+                () = stop.cancelled() => {
+                    if let Some(channel) = weak.upgrade() {
+                        channel.fail("this node is stopping");
+                    }
+                    return;
+                }
             };
             let Some(channel) = weak.upgrade() else {
                 return;

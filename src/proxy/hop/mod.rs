@@ -222,7 +222,11 @@ mod tests {
 
     /// A client that forwards to the test member, without a cluster key.
     fn forwarder() -> HopClient {
-        HopClient::new(PeerClient::new("demo", "forwarder", None))
+        HopClient::new(
+            PeerClient::new("demo", "forwarder", None),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
     }
 
     /// Sends a request with a fixed tag to the test member.
@@ -304,12 +308,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_tasks_of_open_channels_stop_with_the_node() {
+        let member = Harness::start(true, None).await;
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let client = Arc::new(HopClient::new(
+            PeerClient::new("demo", "forwarder", None),
+            tasks.clone(),
+            stop.clone(),
+        ));
+        concurrent_echoes(client.clone(), member.addr, 10).await;
+        // The channel stays open for the next request: its reader and writer are running.
+        assert_eq!(client.channels(), 1);
+        assert_eq!(tasks.len(), 2);
+        stop.cancel();
+        tasks.close();
+        tokio::time::timeout(5 * SECOND, tasks.wait())
+            .await
+            .expect("the channel's tasks end when the node stops");
+        member.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_keyed_cluster_seals_its_hop_channels() {
         let member = Harness::start(true, key(3)).await;
-        let client = Arc::new(HopClient::new(PeerClient::new("demo", "forwarder", key(3))));
+        let client = Arc::new(HopClient::new(
+            PeerClient::new("demo", "forwarder", key(3)),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        ));
         concurrent_echoes(client, member.addr, 20).await;
         // Without the key the channel cannot even be opened, and nothing was served.
-        let stranger = HopClient::new(PeerClient::new("demo", "stranger", key(4)));
+        let stranger = HopClient::new(
+            PeerClient::new("demo", "stranger", key(4)),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
         let refused = ask(&stranger, member.addr, Method::GET, "/echo", b"", SECOND).await;
         assert!(
             matches!(refused, Err(HopError::Unsupported | HopError::Connect(_))),
@@ -458,7 +492,11 @@ mod tests {
             assert!(matches!(closed, Ok(Ok(0))), "{garbage:?}: {closed:?}");
         }
         // The member serves the next channel as if nothing happened.
-        let client = Arc::new(HopClient::new(peers));
+        let client = Arc::new(HopClient::new(
+            peers,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        ));
         concurrent_echoes(client, member.addr, 5).await;
         member.stop().await;
     }
