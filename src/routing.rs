@@ -158,6 +158,7 @@ impl Routing {
             membership.set_hop_token(token).await;
         }
         let mut changes = membership.changes();
+        let mut ejections = self.proxy.ejections().changes();
         let mut last_ejected: Option<HashSet<String>> = None;
         let mut last_version = None;
         loop {
@@ -188,11 +189,19 @@ impl Routing {
                 last_version = Some(view.version);
                 last_ejected = Some(ejected);
             }
+            // Woken by what changes the snapshot: membership, an ejection or a return, and the end
+            // of the earliest ejection window.
+            let window_ends = self.proxy.ejections().next_end();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = changes.changed() => {}
-                // Ejections end on a timer; look again every so often.
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = ejections.changed() => {}
+                () = async {
+                    match window_ends {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }

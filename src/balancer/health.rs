@@ -2,7 +2,9 @@
 //! work for a while, then one trial request.
 //!
 //! Only the bookkeeping lives here; the proxy records each exchange's outcome (and logs what
-//! changed), and routing reads [`Ejections::ejected`] into the snapshot it balances over.
+//! changed), and routing reads [`Ejections::ejected`] into the snapshot it balances over. Changes
+//! are pushed: [`Ejections::changes`] fires when a member is ejected or back, and
+//! [`Ejections::next_end`] says when the next window ends, so nobody polls.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -23,6 +25,8 @@ pub struct Ejections {
     eject_after_failures: u32,
     ejection_window: Duration,
     health: Mutex<HashMap<String, Health>>,
+    /// Bumped whenever the ejected set changes other than by a window ending.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Ejections {
@@ -32,7 +36,28 @@ impl Ejections {
             eject_after_failures,
             ejection_window,
             health: Mutex::new(HashMap::new()),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Fires when a member is ejected, or is back before or after its window ended. A window that
+    /// just ends is not announced: wait for [`Ejections::next_end`] for that.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// When the earliest ejection window still running ends.
+    pub fn next_end(&self) -> Option<Instant> {
+        let now = Instant::now();
+        lock(&self.health)
+            .values()
+            .filter_map(|health| health.ejected_until)
+            .filter(|until| *until > now)
+            .min()
+    }
+
+    fn announce(&self) {
+        self.changed.send_modify(|generation| *generation += 1);
     }
 
     /// Counts a failed exchange with `name`; the threshold-th consecutive one ejects it, and so does
@@ -46,7 +71,10 @@ impl Ejections {
         let already_ejected = entry.ejected_until.is_some_and(|until| until > now);
         if entry.consecutive_failures >= self.eject_after_failures && !already_ejected {
             entry.ejected_until = Some(now + self.ejection_window);
-            return Some(entry.consecutive_failures);
+            let failures = entry.consecutive_failures;
+            drop(health);
+            self.announce();
+            return Some(failures);
         }
         None
     }
@@ -60,12 +88,19 @@ impl Ejections {
         };
         let was_ejected = entry.ejected_until.is_some();
         *entry = Health::default();
+        drop(health);
+        if was_ejected {
+            self.announce();
+        }
         was_ejected
     }
 
     /// Forgets member `name`'s failure history (it went down or left).
     pub fn forget(&self, name: &str) {
-        lock(&self.health).remove(name);
+        let forgotten = lock(&self.health).remove(name);
+        if forgotten.is_some_and(|health| health.ejected_until.is_some()) {
+            self.announce();
+        }
     }
 
     /// Members ejected now (≥ the failure threshold in a row, ejection window not yet over).
@@ -99,6 +134,51 @@ mod tests {
 
     /// The proxy's defaults: ejected after 3 failures in a row, for 5 s.
     const EJECTION_WINDOW: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_and_returns_are_announced_and_the_next_window_end_is_known() {
+        let ejections = Ejections::new(2, EJECTION_WINDOW);
+        let mut changes = ejections.changes();
+        assert_eq!(ejections.next_end(), None);
+        ejections.record_failure("node-2");
+        assert!(
+            !changes.has_changed().expect("open"),
+            "one failure ejects no one"
+        );
+        let start = Instant::now();
+        ejections.record_failure("node-2");
+        assert!(
+            changes.has_changed().expect("open"),
+            "an ejection is announced"
+        );
+        changes.mark_unchanged();
+        assert_eq!(ejections.next_end(), Some(start + EJECTION_WINDOW));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ejections.record_failure("node-3");
+        ejections.record_failure("node-3");
+        changes.mark_unchanged();
+        assert_eq!(
+            ejections.next_end(),
+            Some(start + EJECTION_WINDOW),
+            "the earliest"
+        );
+        assert!(ejections.record_success("node-2"));
+        assert!(
+            changes.has_changed().expect("open"),
+            "a return is announced"
+        );
+        changes.mark_unchanged();
+        assert_eq!(
+            ejections.next_end(),
+            Some(start + Duration::from_secs(1) + EJECTION_WINDOW)
+        );
+        ejections.forget("node-3");
+        assert!(
+            changes.has_changed().expect("open"),
+            "forgetting an ejected member too"
+        );
+        assert_eq!(ejections.next_end(), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn ejection_lasts_the_window_then_the_member_is_retried() {

@@ -487,6 +487,11 @@ impl Proxy {
         self.ejections.ejected()
     }
 
+    /// The ejection bookkeeping, to be told when the ejected set changes.
+    pub fn ejections(&self) -> &Ejections {
+        &self.ejections
+    }
+
     /// Whether member `name` is ejected now.
     pub fn is_ejected(&self, name: &str) -> bool {
         self.ejections.is_ejected(name)
