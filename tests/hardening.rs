@@ -200,23 +200,33 @@ async fn a_restore_above_the_limit_is_413_and_the_node_stays_up() {
         .expect("node-1 still answers")
         .status();
     assert!(status.is_success());
-    // One restore at a time: while one is still sending, another is refused.
-    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(
-        b"POST /cluster/restore HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nMTBACK01\r\n",
-    )
-    .await
-    .expect("first restore starts");
-    wait_for("a second restore is refused meanwhile", READY, || async {
-        let response = client
+    // One restore at a time: while one is still sending, another is refused. A probe that arrives
+    // before the slow restore's handler runs takes the slot itself (and is a 400, no backup), and the
+    // slow one is then the refused one: it is answered, so it is started again.
+    let mut slow = slow_restore(addr).await;
+    let deadline = tokio::time::Instant::now() + READY;
+    loop {
+        let status = client
             .post(format!("{url}/cluster/restore"))
             .body("not a backup")
             .send()
             .await
-            .ok()?;
-        (response.status().as_u16() == 409).then_some(())
-    })
-    .await;
+            .map(|response| response.status().as_u16());
+        if let Ok(409) = status {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a second restore to be refused while one runs (last: {status:?})"
+        );
+        let mut answer = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(50), slow.read(&mut answer)).await {
+            // Nothing from the slow restore: it is still being read.
+            Err(_elapsed) => {}
+            // It was answered (refused while the probe held the slot) or closed: start it again.
+            Ok(_) => slow = slow_restore(addr).await,
+        }
+    }
     drop(slow);
 
     // Under the limit, a body that is no backup is a 400 (the limit is not a blanket refusal).
@@ -244,6 +254,17 @@ async fn a_restore_above_the_limit_is_413_and_the_node_stays_up() {
         status
     };
     assert_eq!(status, 400);
+}
+
+/// Starts a chunked restore that sends its first bytes and then nothing more.
+async fn slow_restore(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(
+        b"POST /cluster/restore HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nMTBACK01\r\n",
+    )
+    .await
+    .expect("the slow restore starts");
+    slow
 }
 
 /// GET `path` on `node` with the session cookie and, when given, a hop header: (status, served by).
