@@ -79,7 +79,8 @@ mt_binary() { # sets bin (a private copy in $work) and MT_SOURCE: MT_BIN if give
     bin=$MT_BIN
     MT_SOURCE=${MT_SOURCE:-"given binary $MT_BIN"}
   else
-    bin=$root/target/release/micro-tomcat
+    # Where cargo puts it: CARGO_TARGET_DIR when set (a target dir shared between checkouts).
+    bin=${CARGO_TARGET_DIR:-$root/target}/release/micro-tomcat
     if [ -n "${SKIP_BUILD:-}" ]; then
       MT_SOURCE=${MT_SOURCE:-"target/release as last built"}
     else
